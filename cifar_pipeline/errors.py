@@ -1,0 +1,40 @@
+"""Expected failures: each carries a message a user can act on without a traceback."""
+
+
+class PipelineError(Exception):
+    """Base for failures caused by input, data or environment rather than by a bug."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration value is invalid."""
+
+
+class DownloadError(PipelineError):
+    """Fetching the archive failed. `transient` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+class ChecksumMismatch(DownloadError):
+    def __init__(self, source: str, expected: str, actual: str, *, transient: bool = False):
+        super().__init__(
+            f"checksum mismatch for {source}: expected md5 {expected}, got {actual}; "
+            "nothing was cached. If this is a different copy of CIFAR-10 on purpose, "
+            "pass its md5 (--md5 / CIFAR_PIPELINE_MD5).",
+            transient=transient,
+        )
+        self.source, self.expected, self.actual = source, expected, actual
+
+
+class ArchiveError(PipelineError):
+    """The archive is unsafe to extract or does not hold CIFAR-10."""
+
+
+class IntegrityError(PipelineError):
+    """A cached file no longer matches the digest recorded when it was written."""
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,113 @@
+"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from torch import nn
+
+from .batches import eval_batches
+from .checkpoint import load_checkpoint
+from .config import PipelineConfig
+from .dataset import DatasetRecord, load_arrays
+from .errors import IntegrityError
+from .files import atomic_write_json, file_digest
+from .models import build_model
+from .provenance import code_version, resolve_device
+from .training import TrainRecord
+
+log = logging.getLogger(__name__)
+
+
+class EvalRecord(BaseModel):
+    loss: float
+    accuracy: float
+    tta: int
+    n_images: int
+    classes: list[str]
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    seconds: float
+
+    def per_class_frame(self) -> pd.DataFrame:
+        counts = [sum(row) for row in self.confusion]
+        return pd.DataFrame(
+            {"class": self.classes, "accuracy": self.per_class_accuracy, "images": counts}
+        )
+
+    def confusion_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.confusion, index=pd.Index(self.classes, name="true"),
+                            columns=pd.Index(self.classes, name="predicted"))
+
+
+def evaluation_key(cfg: PipelineConfig, trained: TrainRecord, data_md5: str) -> str:
+    blob = json.dumps({"checkpoint": trained.checkpoint_sha256, "data": data_md5,
+                       "eval": cfg.group("eval"), "normalize": cfg.normalize,
+                       "code": code_version("eval")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Average logits over views: 0 none, 1 + mirror, 2 + one-pixel translations (airbench)."""
+    def mirror(inputs: torch.Tensor) -> torch.Tensor:
+        return 0.5 * model(inputs) + 0.5 * model(inputs.flip(-1)) if level >= 1 else model(inputs)
+
+    logits = mirror(x)
+    if level < 2:
+        return logits
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, 0:32, 0:32], padded[:, :, 2:34, 2:34]]
+    return 0.5 * logits + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
+
+
+def evaluate(
+    cfg: PipelineConfig, trained: TrainRecord, dataset: DatasetRecord, cache_dir: str | os.PathLike
+) -> EvalRecord:
+    key = evaluation_key(cfg, trained, dataset.archive_md5)
+    out = Path(cache_dir) / "evaluations" / f"{key}.json"
+    if out.exists():
+        return EvalRecord.model_validate_json(out.read_text())
+    actual = file_digest(trained.checkpoint)
+    if actual != trained.checkpoint_sha256:
+        raise IntegrityError(
+            f"checkpoint {trained.checkpoint} has sha256 {actual}, not {trained.checkpoint_sha256} as "
+            "recorded by training; refusing to evaluate it"
+        )
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(trained.checkpoint, map_location=device)
+    model = build_model(cfg.model, cfg.width)
+    model.load_state_dict(state["model"])
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format).eval()
+    arrays = load_arrays(dataset)
+    n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
+    x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
+    use_amp = device.type == "cuda" and cfg.precision != "fp32"
+    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        for x, y in eval_batches(x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
+                                 normalize=cfg.normalize, channels_last=cfg.channels_last):
+            logits = tta_logits(model, x, cfg.tta).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100).view(10, 10)
+    confusion_cpu = confusion.cpu()
+    per_class = (confusion_cpu.diag() / confusion_cpu.sum(1).clamp(min=1)).tolist()
+    record = EvalRecord(
+        loss=loss_sum / n, accuracy=confusion_cpu.diag().sum().item() / n, tta=cfg.tta, n_images=n,
+        classes=dataset.classes, per_class_accuracy=per_class, confusion=confusion_cpu.tolist(),
+        seconds=time.perf_counter() - t0,
+    )
+    atomic_write_json(out, record.model_dump())
+    log.info("test accuracy %.4f, loss %.4f on %d images (tta %d)", record.accuracy, record.loss, n, cfg.tta)
+    return record

@@ -1,0 +1,51 @@
+"""Report figures, drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .files import atomic_write  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_curves(epochs: Sequence[int], loss: Sequence[float], train_acc: Sequence[float],
+                test_acc: float, path: str | os.PathLike) -> None:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, loss, marker="o")
+    ax_loss.axhline(np.log(10), color="grey", linestyle=":", label="chance (ln 10)")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="Loss")
+    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_acc.plot(epochs, train_acc, marker="o", label="train")
+    ax_acc.scatter([epochs[-1]], [test_acc], color="C3", zorder=3, label=f"test {test_acc:.2%}")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
+    ax_acc.legend(loc="lower right", fontsize=8)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike) -> None:
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                color="white" if value > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    _save(fig, path)
+

@@ -1,0 +1,59 @@
+"""What produced a result: code version, package versions, device."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Source files whose change must invalidate a cached result. Prefect's TASK_SOURCE only sees the
+# task function's own text, so the cache keys include these digests instead.
+CODE_PARTS = {
+    "data": ["dataset.py"],
+    "train": ["training.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "models"],
+    "eval": ["evaluation.py", "batches.py", "augment.py", "checkpoint.py", "models"],
+}
+
+
+@cache
+def code_version(part: str) -> str:
+    h = hashlib.sha256()
+    for name in CODE_PARTS[part]:
+        path = PACKAGE_DIR / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            h.update(file.relative_to(PACKAGE_DIR).as_posix().encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError("device = 'cuda' but no CUDA device is available (use auto or cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("cifar-pipeline", "torch", "torchvision", "prefect", "numpy", "pandas", "pydantic"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -1,0 +1,124 @@
+"""The per-run Markdown report, with its figures, written into the run folder."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import pandas as pd
+from pydantic import BaseModel
+
+from .config import PipelineConfig
+from .dataset import DatasetRecord
+from .download import ArchiveRecord
+from .evaluation import EvalRecord
+from .files import atomic_write_text
+from .plots import plot_confusion, plot_curves
+from .provenance import versions
+from .training import TrainRecord
+
+
+class ReportRecord(BaseModel):
+    path: str
+    run_dir: str
+    accuracy: float
+    markdown: str
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _table(frame: pd.DataFrame, **kwargs) -> str:
+    return frame.to_markdown(index=False, **kwargs)
+
+
+def epoch_frame(trained: TrainRecord) -> pd.DataFrame:
+    rows = [
+        {"epoch": e.epoch, "loss": e.loss, "train acc": e.train_accuracy, "lr (end)": e.lr,
+         "seconds": e.seconds, "data s": e.data_seconds, "img/s": e.images_per_second,
+         "at chance": "yes" if e.at_chance else ""}
+        for e in trained.epochs
+    ]
+    return pd.DataFrame(rows)
+
+
+def load_template() -> str:
+    return resources.files(__package__).joinpath("report_template.md").read_text(encoding="utf-8")
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    run_id: str,
+    cfg: PipelineConfig,
+    requested: PipelineConfig,
+    archive: ArchiveRecord,
+    dataset: DatasetRecord,
+    trained: TrainRecord,
+    evaluated: EvalRecord,
+    timings: dict[str, float],
+    states: dict[str, str] | None = None,
+) -> ReportRecord:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    epochs = trained.epochs
+    plot_curves([e.epoch for e in epochs], [e.loss for e in epochs], [e.train_accuracy for e in epochs],
+                evaluated.accuracy, run_dir / "curves.png")
+    plot_confusion(evaluated.confusion, evaluated.classes, run_dir / "confusion.png")
+
+    per_class = evaluated.per_class_frame()
+    config_rows = pd.DataFrame(
+        [{"field": k, "value": v, "group": (PipelineConfig.model_fields[k].json_schema_extra or {}).get("group", "")}
+         for k, v in cfg.model_dump(mode="json").items()]
+    )
+    warnings = "".join(f"> **Warning:** {w}\n>\n" for w in trained.warnings)
+    overrides = requested.overrides()
+    values = {
+        "run_id": run_id,
+        "accuracy": f"{evaluated.accuracy:.2%}",
+        "test_loss": f"{evaluated.loss:.4f}",
+        "n_test": evaluated.n_images,
+        "preset": cfg.preset,
+        "model": cfg.model,
+        "parameters": f"{trained.parameters:,}",
+        "epochs": f"{cfg.epochs:g}",
+        "train_time": _seconds(trained.train_seconds),
+        "device_name": trained.device_name,
+        "warnings": warnings,
+        "epoch_table": _table(epoch_frame(trained), floatfmt=".4g"),
+        "class_table": _table(per_class, floatfmt=".2%"),
+        "timings_table": _table(pd.DataFrame(
+            [{"task": k, "state": (states or {}).get(k, ""), "seconds": round(v, 2)} for k, v in timings.items()])),
+        "archive_md5": archive.md5,
+        "archive_source": archive.source,
+        "dataset_sha256": dataset.sha256,
+        "n_train": trained.train_images,
+        "train_key": trained.key,
+        "checkpoint": trained.checkpoint,
+        "overrides": ", ".join(f"`{k}`" for k in overrides) if overrides else "none",
+        "config_table": _table(config_rows),
+        "versions_table": _table(pd.DataFrame([{"package": k, "version": v} for k, v in versions().items()])),
+    }
+    markdown = Template(load_template()).substitute(values)
+    path = atomic_write_text(run_dir / "report.md", markdown)
+    atomic_write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
+    atomic_write_text(run_dir / "confusion.csv", evaluated.confusion_frame().to_csv())
+    return ReportRecord(path=str(path), run_dir=str(run_dir), accuracy=evaluated.accuracy, markdown=markdown)
+
+
+def inline_images(markdown: str, folder: str | os.PathLike) -> str:
+    """Replace local PNG links by data URIs, for viewers that cannot reach the run folder."""
+    folder = Path(folder)
+
+    def embed(match: re.Match[str]) -> str:
+        file = folder / match.group(2)
+        if not file.is_file():
+            return match.group(0)
+        data = base64.b64encode(file.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^):/]+\.png)\)", embed, markdown)

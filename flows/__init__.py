@@ -1,0 +1,1 @@
+"""The Prefect flow and its command line."""

@@ -1,0 +1,26 @@
+"""Prefect tasks: each calls one cifar_pipeline function and adds retries, caching and artifacts."""
+
+import logging
+
+import prefect  # noqa: F401  (configures Prefect logging before we copy its handlers)
+
+from .dataset import build_dataset_task
+from .download import download_task
+from .evaluate import evaluate_task
+from .report import report_task
+from .train import train_task
+
+
+def _route_library_logs() -> None:
+    # Send the library's own log lines to the run's log in the UI, as PREFECT_LOGGING_EXTRA_LOGGERS
+    # would, but also in worker processes that imported Prefect before this package.
+    library = logging.getLogger("cifar_pipeline")
+    library.setLevel(logging.INFO)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in library.handlers:
+            library.addHandler(handler)
+
+
+_route_library_logs()
+
+__all__ = ["build_dataset_task", "download_task", "evaluate_task", "report_task", "train_task"]

@@ -1,0 +1,37 @@
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from cifar_pipeline.config import PipelineConfig
+from cifar_pipeline.dataset import DatasetRecord
+from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.training import EpochMetrics, TrainRecord, train
+
+from .cache_policies import train_key
+
+
+def retry_unless_expected(_task, _task_run, state) -> bool:
+    """Divergence or bad config repeat on retry; an I/O hiccup does not, and training resumes."""
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+@task(
+    name="train",
+    cache_key_fn=train_key,
+    result_serializer="json",
+    retries=1,
+    retry_condition_fn=retry_unless_expected,
+    task_run_name="train-{config.model}-{config.epochs}ep",
+)
+def train_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str) -> TrainRecord:
+    progress = create_progress_artifact(0.0, description="Training progress (epochs done)")
+
+    def on_epoch(metrics: EpochMetrics, total: int) -> None:
+        update_progress_artifact(progress, 100.0 * metrics.epoch / total)
+
+    return train(config, dataset, cache_dir, on_epoch=on_epoch)

@@ -1,0 +1,71 @@
+"""The command line as scripts and cron jobs use it: a real subprocess, exit codes, stdout JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env=None, timeout=600):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_prints_one_json_line_last_and_progress_on_stderr(tmp_path, tiny_archive, server):
+    path, md5 = tiny_archive
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "CIFAR_PIPELINE_SOURCE": server.url(path.name),
+           "CIFAR_PIPELINE_MD5": md5}
+    proc = cli("run", "--preset", "smoke", "--epochs", "1", "--seed", "3", "--output", str(tmp_path / "out"),
+               "--train-subset", "0", "--test-subset", "0", "--batch-size", "32", "--width", "8", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["preset"] == "smoke" and result["status"] == "completed"
+    assert 0 <= result["test_accuracy"] <= 1
+    assert Path(result["report"]).is_file() and Path(result["checkpoint"]).is_file()
+    assert set(result["tasks"]) == {"download", "build-dataset", "train", "evaluate", "report"}
+    assert result["run_id"] and Path(result["run_dir"]).parent == tmp_path / "out" / "runs"
+    assert "Finished in state" in proc.stderr  # Prefect's progress lines go to stderr
+    assert all(line.startswith("{") for line in proc.stdout.strip().splitlines())
+    assert server.requests, "the source came from CIFAR_PIPELINE_SOURCE"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "epochs = 0.0: Input should be greater than 0 (allowed: 0 < epochs <= 1000)"),
+        (["--batch-size", "-3"], "batch_size = -3"),
+        (["--lr", "7000"], "lr = 7000.0"),
+        (["--preset", "warp"], "invalid choice: 'warp'"),
+        (["--model", "vgg"], "invalid choice: 'vgg'"),
+        (["--source", "/no/such/archive.tar.gz"], "data source does not exist: /no/such/archive.tar.gz"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message, tmp_path):
+    proc = cli("run", "--output", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # nothing was started
+
+
+def test_config_prints_resolved_values(tmp_path):
+    proc = cli("config", "--preset", "cpu", "--epochs", "2", "--no-channels-last", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(proc.stdout)
+    assert cfg["preset"] == "cpu" and cfg["epochs"] == 2 and cfg["channels_last"] is False
+    assert cfg["model"] == "airnet"
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "cifar-pipeline"
+    if not script.exists():
+        pytest.skip("package not installed in this environment (pip install -e .)")
+    proc = subprocess.run([str(script), "presets"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "seed" in proc.stdout and "smoke" in proc.stdout

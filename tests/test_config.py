@@ -1,0 +1,75 @@
+import pytest
+
+from cifar_pipeline.config import DEFAULTS, PRESETS, PipelineConfig, validate_config
+from cifar_pipeline.errors import ConfigError
+
+
+def test_seed_preset_is_the_blog_recipe():
+    cfg = PipelineConfig(preset="seed").resolved({})
+    assert (cfg.model, cfg.lr, cfg.momentum, cfg.batch_size, cfg.epochs) == ("seed_net", 0.01, 0.0, 16, 10)
+    assert (cfg.normalize, cfg.flip, cfg.translate, cfg.cutout, cfg.schedule) == ("unit", "none", 0, 0, "constant")
+    assert cfg.weight_decay == 0 and cfg.label_smoothing == 0 and not cfg.nesterov and not cfg.ema
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_to_complete_values(name):
+    cfg = PipelineConfig(preset=name).resolved({})
+    missing = [k for k, v in cfg.model_dump().items() if v is None and k != "source"]
+    assert missing == []
+    assert set(PRESETS[name]) - {"description"} <= set(DEFAULTS)
+
+
+def test_explicit_value_beats_preset_and_environment():
+    env = {"CIFAR_PIPELINE_SOURCE": "/env/archive.tar.gz", "CIFAR_PIPELINE_MD5": "a" * 32}
+    cfg = PipelineConfig(preset="smoke", epochs=3, source="/mine.tar.gz").resolved(env)
+    assert cfg.epochs == 3 and cfg.batch_size == PRESETS["smoke"]["batch_size"]
+    assert cfg.source == ["/mine.tar.gz"] and cfg.md5 == DEFAULTS["md5"]
+    from_env = PipelineConfig(preset="smoke").resolved(env)
+    assert from_env.source == ["/env/archive.tar.gz"] and from_env.md5 == "a" * 32
+
+
+def test_sources_split_on_commas_and_default_to_official():
+    assert PipelineConfig(source="http://a/x.tgz, /b/x.tgz").source == ["http://a/x.tgz", "/b/x.tgz"]
+    assert PipelineConfig().resolved({}).sources()[0].startswith("https://www.cs.toronto.edu/")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"epochs": 0}, "epochs = 0: Input should be greater than 0 (allowed: 0 < epochs <= 1000)"),
+        ({"batch_size": -4}, "batch_size = -4: Input should be greater than or equal to 1 (allowed: 1 <= batch_size"),
+        ({"lr": 500}, "lr = 500: Input should be less than or equal to 100 (allowed: 0 < lr <= 100)"),
+        ({"model": "resnet9000"}, "model = 'resnet9000'"),
+        ({"preset": "turbo"}, "allowed: one of seed, smoke, cpu, fast"),
+        ({"md5": "not-a-digest"}, "md5 = 'not-a-digest'"),
+        ({"momentum": 0, "nesterov": True}, "nesterov needs momentum > 0"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(values, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_config(values).resolved({})
+    assert expected in str(info.value)
+
+
+def test_preset_combination_is_checked_after_merging():
+    # smoke trains with batch 128; a 64-image subset cannot hold one batch.
+    with pytest.raises(ConfigError, match="batch_size 128 is larger than train_subset 64"):
+        PipelineConfig(preset="smoke", train_subset=64).resolved({})
+
+
+def test_groups_split_the_fields_and_digest_follows_training_values():
+    cfg = PipelineConfig(preset="seed").resolved({})
+    assert "lr" in cfg.group("train") and "output_dir" not in cfg.group("train")
+    assert "tta" in cfg.group("eval")
+    other = PipelineConfig(preset="seed", output_dir="/elsewhere").resolved({})
+    assert cfg.digest("train") == other.digest("train")
+    assert cfg.digest("train") != PipelineConfig(preset="seed", lr=0.02).resolved({}).digest("train")
+
+
+def test_json_schema_describes_every_field_for_the_ui_form():
+    schema = PipelineConfig.model_json_schema()
+    props = schema["properties"]
+    assert all(p.get("description") for p in props.values())
+    epochs = next(o for o in props["epochs"]["anyOf"] if o.get("type") == "number")
+    assert epochs["exclusiveMinimum"] == 0 and epochs["maximum"] == 1000
