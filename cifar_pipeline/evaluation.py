@@ -22,7 +22,8 @@ from .dataset import DatasetRecord, load_arrays
 from .errors import IntegrityError
 from .files import atomic_write_json, file_digest
 from .models import build_model
-from .provenance import code_version, resolve_device
+from .provenance import code_version
+from .runtime import resolve_device
 from .training import TrainRecord
 
 log = logging.getLogger(__name__)

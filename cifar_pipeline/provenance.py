@@ -1,4 +1,4 @@
-"""What produced a result: code version, package versions, device."""
+"""What produced a result: the code version and the package versions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import platform
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-
-import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -31,22 +29,6 @@ def code_version(part: str) -> str:
             h.update(file.relative_to(PACKAGE_DIR).as_posix().encode())
             h.update(file.read_bytes())
     return h.hexdigest()[:16]
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError("device = 'cuda' but no CUDA device is available (use auto or cpu)")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def versions() -> dict[str, str]:

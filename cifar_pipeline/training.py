@@ -35,7 +35,8 @@ from .errors import ConfigError, TrainingDiverged
 from .files import atomic_write_json, file_digest
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
-from .provenance import code_version, device_name, resolve_device
+from .provenance import code_version
+from .runtime import device_name, resolve_device, tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ def train(
 
 def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     arrays = load_arrays(dataset)
     x_train, y_train = subset(arrays.x_train, arrays.y_train, cfg.train_subset)
     batches = TrainBatches(

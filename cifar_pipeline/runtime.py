@@ -1,0 +1,46 @@
+"""The device a run uses, and process settings that make CPU training faster."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+from functools import cache
+
+import torch
+
+from .errors import ConfigError
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA device is available (use auto or cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+@cache
+def tune_cpu_allocator() -> bool:
+    """Keep freed tensor memory in the heap instead of returning it to the OS.
+
+    glibc hands blocks over 128 kB back to the kernel on free and page-faults them in again on the
+    next allocation. A CPU training step frees and re-allocates every gradient and activation, so
+    at batch 16 that churn cost about 15 % of the step time here. Linux/glibc only; a no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
