@@ -71,6 +71,9 @@ class PipelineConfig(BaseModel):
     test_subset: int | None = _field("eval", "Evaluate on the first N test images (0 = all 10000).", ge=0, le=10000)
     download_retries: int | None = _field("run", "Retries of a failed download.", ge=0, le=20)
     retry_delay_s: float | None = _field("run", "First retry delay in seconds; doubles each retry.", ge=0, le=3600)
+    download_timeout_s: float | None = _field(
+        "run", "Seconds a download may stall (no bytes arriving) before it counts as failed.", gt=0, le=3600
+    )
     # --- model
     model: ModelName | None = _field("train", "Network: seed_net (the blog's Net) or airnet (airbench-style).")
     width: int | None = _field("train", "airnet base width (64 = airbench94); seed_net ignores it.", ge=4, le=512)
@@ -107,7 +110,7 @@ class PipelineConfig(BaseModel):
     # --- speed; these change speed, not the method
     channels_last: bool | None = _field("train", "Use channels-last memory layout.")
     precision: Literal["fp32", "bf16", "fp16"] | None = _field(
-        "train", "Autocast precision for training and evaluation on CUDA (CPU runs in fp32)."
+        "train", "Autocast precision for training and evaluation: bf16 (CUDA or CPU), fp16 (CUDA only)."
     )
     compile: bool | None = _field("train", "torch.compile the model (CUDA only; the CPU gains nothing).")
     # --- evaluation

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
+from filelock import FileLock
 import numpy as np
 from pydantic import BaseModel
 
@@ -57,6 +58,13 @@ def dataset_dir(cache_dir: str | os.PathLike, archive_md5: str) -> Path:
 def build_dataset(archive: str | os.PathLike, archive_md5: str, cache_dir: str | os.PathLike) -> DatasetRecord:
     """Decode the archive once; later calls return the persisted record."""
     folder = dataset_dir(cache_dir, archive_md5)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Concurrent runs: one decodes, the others wait and reuse its result.
+    with FileLock(str(folder / ".lock")):
+        return _build(archive, archive_md5, folder)
+
+
+def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> DatasetRecord:
     record_path = folder / "dataset.json"
     if record_path.exists():
         record = DatasetRecord.model_validate_json(record_path.read_text())
@@ -64,7 +72,6 @@ def build_dataset(archive: str | os.PathLike, archive_md5: str, cache_dir: str |
             log.info("dataset for archive %s already built", archive_md5)
             return record
         log.warning("dataset cache in %s is damaged; rebuilding it", folder)
-    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".extract-") as tmp:
         root = extract_archive(archive, Path(tmp))
         arrays = read_batches(root)

@@ -23,7 +23,7 @@ from .errors import IntegrityError
 from .files import atomic_write_json, file_digest
 from .models import build_model
 from .provenance import code_version
-from .runtime import resolve_device
+from .runtime import autocast_dtype, resolve_device
 from .training import TrainRecord
 
 log = logging.getLogger(__name__)
@@ -73,32 +73,48 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
 def evaluate(
     cfg: PipelineConfig, trained: TrainRecord, dataset: DatasetRecord, cache_dir: str | os.PathLike
 ) -> EvalRecord:
+    """Evaluate a training run's checkpoint; the result is kept under a key of everything it depends on."""
     key = evaluation_key(cfg, trained, dataset.archive_md5)
     out = Path(cache_dir) / "evaluations" / f"{key}.json"
     if out.exists():
         return EvalRecord.model_validate_json(out.read_text())
-    actual = file_digest(trained.checkpoint)
-    if actual != trained.checkpoint_sha256:
+    record = evaluate_checkpoint(trained.checkpoint, trained.checkpoint_sha256, cfg, cfg, dataset)
+    atomic_write_json(out, record.model_dump())
+    return record
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    sha256: str,
+    model_cfg: PipelineConfig,
+    cfg: PipelineConfig,
+    dataset: DatasetRecord,
+) -> EvalRecord:
+    """Test a checkpoint: the model is rebuilt from `model_cfg`, evaluated with `cfg`'s settings.
+
+    The two differ when the champion, trained with another recipe, is measured on this run's test set.
+    """
+    actual = file_digest(checkpoint)
+    if actual != sha256:
         raise IntegrityError(
-            f"checkpoint {trained.checkpoint} has sha256 {actual}, not {trained.checkpoint_sha256} as "
-            "recorded by training; refusing to evaluate it"
+            f"checkpoint {checkpoint} has sha256 {actual}, not {sha256} as recorded; refusing to evaluate it"
         )
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    state = load_checkpoint(trained.checkpoint, map_location=device)
-    model = build_model(cfg.model, cfg.width)
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = build_model(model_cfg.model, model_cfg.width)
     model.load_state_dict(state["model"])
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).eval()
     arrays = load_arrays(dataset)
     n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
     x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
-    use_amp = device.type == "cuda" and cfg.precision != "fp32"
-    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
     loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+    with torch.no_grad(), autocast:
         for x, y in eval_batches(x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
-                                 normalize=cfg.normalize, channels_last=cfg.channels_last):
+                                 normalize=model_cfg.normalize, channels_last=cfg.channels_last):
             logits = tta_logits(model, x, cfg.tta).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100).view(10, 10)
@@ -109,6 +125,5 @@ def evaluate(
         classes=dataset.classes, per_class_accuracy=per_class, confusion=confusion_cpu.tolist(),
         seconds=time.perf_counter() - t0,
     )
-    atomic_write_json(out, record.model_dump())
     log.info("test accuracy %.4f, loss %.4f on %d images (tta %d)", record.accuracy, record.loss, n, cfg.tta)
     return record

@@ -49,3 +49,19 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     fig.colorbar(image, ax=ax, fraction=0.046)
     _save(fig, path)
 
+
+
+def plot_history(labels: Sequence[str], accuracy: Sequence[float], promoted: Sequence[bool],
+                 path: str | os.PathLike) -> None:
+    """Test accuracy of the last runs, promoted ones highlighted."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    x = np.arange(len(accuracy))
+    acc = np.asarray(accuracy, dtype=float)
+    mask = np.asarray(promoted, dtype=bool)
+    ax.plot(x, acc, marker="o", color="C0", label="test accuracy")
+    ax.scatter(x[mask], acc[mask], s=80, facecolors="none", edgecolors="C2", zorder=3, label="promoted")
+    ax.set_xticks(x, list(labels), rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="test accuracy", title="Recent runs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)

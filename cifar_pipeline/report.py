@@ -17,9 +17,12 @@ from .dataset import DatasetRecord
 from .download import ArchiveRecord
 from .evaluation import EvalRecord
 from .files import atomic_write_text
-from .plots import plot_confusion, plot_curves
+from .plots import plot_confusion, plot_curves, plot_history
 from .provenance import versions
+from .registry import PromotionDecision, read_history
 from .training import TrainRecord
+
+HISTORY_RUNS = 20  # runs shown in the trend plot
 
 
 class ReportRecord(BaseModel):
@@ -62,6 +65,7 @@ def write_report(
     evaluated: EvalRecord,
     timings: dict[str, float],
     states: dict[str, str] | None = None,
+    decision: PromotionDecision | None = None,
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,7 @@ def write_report(
     warnings = "".join(f"> **Warning:** {w}\n>\n" for w in trained.warnings)
     overrides = requested.overrides()
     values = {
+        "champion_section": champion_section(decision, run_dir),
         "run_id": run_id,
         "accuracy": f"{evaluated.accuracy:.2%}",
         "test_loss": f"{evaluated.loss:.4f}",
@@ -108,6 +113,29 @@ def write_report(
     atomic_write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
     atomic_write_text(run_dir / "confusion.csv", evaluated.confusion_frame().to_csv())
     return ReportRecord(path=str(path), run_dir=str(run_dir), accuracy=evaluated.accuracy, markdown=markdown)
+
+
+def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:
+    """The champion decision and the trend of recent runs (empty without a registry)."""
+    if decision is None:
+        return ""
+    verdict = "**promoted to champion**" if decision.promoted else "**not promoted**"
+    lines = ["## Champion", "", f"This model was {verdict}: {decision.reason}.", ""]
+    if decision.champion_accuracy is not None:
+        diff = decision.challenger_accuracy - decision.champion_accuracy
+        lines += ["| | test accuracy |", "|---|---|",
+                  f"| this run | {decision.challenger_accuracy:.2%} |",
+                  f"| champion before this run (same test set) | {decision.champion_accuracy:.2%} |",
+                  f"| difference | {diff:+.2%} |", ""]
+    if decision.champion is not None:
+        lines += [f"Current champion: run `{decision.champion.run_id}` ({decision.champion.accuracy:.2%}), "
+                  f"`{decision.champion.model_file}`.", ""]
+    history = read_history(Path(decision.history_file).parent).tail(HISTORY_RUNS)
+    if len(history) > 1:
+        plot_history([f"{t[5:16]} {r[-8:]}" for t, r in zip(history["finished_at"], history["run_id"])],
+                     history["test_accuracy"], history["promoted"].astype(bool), run_dir / "history.png")
+        lines += ["![Recent runs](history.png)", ""]
+    return "\n".join(lines)
 
 
 def inline_images(markdown: str, folder: str | os.PathLike) -> str:

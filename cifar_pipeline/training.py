@@ -36,7 +36,7 @@ from .files import atomic_write_json, file_digest
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 from .provenance import code_version
-from .runtime import device_name, resolve_device, tune_cpu_allocator
+from .runtime import autocast_dtype, device_name, resolve_device, tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     forward = model
     if cfg.compile and device.type == "cuda":
         forward = torch.compile(model)
-    use_amp = device.type == "cuda" and cfg.precision != "fp32"
-    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else nullcontext
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     show_bar = sys.stderr.isatty() if progress is None else progress
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
 

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
             aliases = ["--output"] if name == "output_dir" else []
             p.add_argument(flag, *aliases, dest=name, default=None,
                            **_option_kwargs(name, field.annotation, field.description or ""))
+    serve = sub.add_parser("serve", help="register the nightly and on-demand deployments and run them here "
+                                         "(needs a Prefect server: PREFECT_API_URL)")
+    serve.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs at once")
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("schema", help="print the configuration's JSON schema")
     return parser
@@ -96,12 +99,29 @@ def run(config: PipelineConfig) -> int:
     return 0
 
 
+def serve(limit: int | None) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return _fail("serve needs a Prefect server to schedule runs: start one with `prefect server start` "
+                     "and set PREFECT_API_URL=http://127.0.0.1:4200/api", 2)
+    from deployments.serve import main as serve_main
+
+    try:
+        serve_main(limit=limit)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "presets":
         for name, preset in PRESETS.items():
             print(f"{name:8} {preset.get('description', '')}")
         return 0
+    if ns.command == "serve":
+        return serve(ns.limit)
     if ns.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0

@@ -14,7 +14,7 @@ from cifar_pipeline import layout
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.files import atomic_write_json
-from tasks import build_dataset_task, download_task, evaluate_task, report_task, train_task
+from tasks import build_dataset_task, download_task, evaluate_task, promote_task, report_task, train_task
 
 
 class RunSummary(BaseModel):
@@ -22,6 +22,8 @@ class RunSummary(BaseModel):
     flow_run_id: str | None
     preset: str
     test_accuracy: float
+    promoted: bool
+    champion_accuracy: float | None
     report: str
     checkpoint: str
     run_dir: str
@@ -79,16 +81,20 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     download = download_task.with_options(
         retries=retries, retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(retries)] or 0
     )
-    archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache))
+    archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache), timeout=cfg.download_timeout_s)
     dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
     trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
+    decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
+                         dataset=dataset, seconds=time.perf_counter() - t0)
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
+        decision=decision,
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,
+        promoted=decision.promoted, champion_accuracy=decision.champion_accuracy,
         report=report.path, checkpoint=trained.checkpoint, run_dir=str(run_dir), tasks=steps.states,
         seconds=time.perf_counter() - t0,
     )

@@ -26,5 +26,5 @@ def retry_if_transient(_task, _task_run, state) -> bool:
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
 )
-def download_task(sources: list[str], md5: str, cache_dir: str) -> ArchiveRecord:
-    return fetch_archive(sources, md5, cache_dir)
+def download_task(sources: list[str], md5: str, cache_dir: str, timeout: float = 60.0) -> ArchiveRecord:
+    return fetch_archive(sources, md5, cache_dir, timeout=timeout)

@@ -46,6 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
+        srv.requests[-1]["served_from"] = start
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes" if srv.ranges else "none")
         self.end_headers()

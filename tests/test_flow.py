@@ -21,7 +21,9 @@ def run_flow(**values):
 def test_full_flow_writes_report_checkpoint_and_artifacts(tmp_path, tiny_archive, server):
     path, md5 = tiny_archive
     summary = run_flow(source=[server.url(path.name)], md5=md5, output_dir=str(tmp_path))
-    assert summary.tasks == {k: "Completed" for k in ("download", "build-dataset", "train", "evaluate", "report")}
+    assert summary.tasks == {k: "Completed" for k in ("download", "build-dataset", "train", "evaluate", "promote",
+                                                      "report")}
+    assert summary.promoted  # the first model in a fresh registry becomes the champion
     assert 0 <= summary.test_accuracy <= 1
     report = Path(summary.report).read_text()
     for heading in ("## Metrics by epoch", "## Test set by class", "## Configuration", "## Environment", md5):
@@ -51,7 +53,7 @@ def test_second_identical_run_trains_nothing(tmp_path, tiny_archive):
     mtime = checkpoint.stat().st_mtime_ns
     second = run_flow(source=[str(path)], md5=md5, output_dir=str(tmp_path))
     assert second.tasks == {"download": "Cached", "build-dataset": "Cached", "train": "Cached",
-                            "evaluate": "Cached", "report": "Completed"}
+                            "evaluate": "Cached", "promote": "Completed", "report": "Completed"}
     assert checkpoint.stat().st_mtime_ns == mtime
     assert second.run_dir != first.run_dir and second.test_accuracy == first.test_accuracy
 

@@ -1,0 +1,1 @@
+"""What a team applies to its Prefect server: prefect.yaml, and `serve` for a single machine."""

@@ -1,0 +1,74 @@
+"""`cifar-pipeline serve`: register the deployments of prefect.yaml and execute their runs here.
+
+The single-machine alternative to a work pool and a worker: the same schedules, parameters and
+concurrency limits, read from the same file, served by `prefect.serve`. It needs a Prefect server
+(`prefect server start`), because an ephemeral one cannot schedule runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
+
+from cifar_pipeline.errors import ConfigError
+from flows.pipeline import cifar_pipeline
+
+PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
+
+
+def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    return yaml.safe_load(path.read_text())["deployments"]
+
+
+def to_runner_deployment(spec: dict[str, Any]):
+    schedules = [Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
+                 for s in spec.get("schedules") or []]
+    limit = spec.get("concurrency_limit")
+    concurrency = None
+    if limit:
+        concurrency = ConcurrencyLimitConfig(
+            limit=limit["limit"],
+            collision_strategy=ConcurrencyLimitStrategy(limit.get("collision_strategy", "ENQUEUE")),
+        )
+    return cifar_pipeline.to_deployment(
+        name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
+        parameters=spec.get("parameters"), schedules=schedules, concurrency_limit=concurrency,
+        enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
+    )
+
+
+def pool_bound(names: list[str]) -> list[str]:
+    """Deployments of these names that a work pool already executes (applied from prefect.yaml).
+
+    `serve` would take over their schedule while the pool's workers still pick up their runs and
+    fail to find the code, so the two ways of running must not share deployment names.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    bound = []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                deployment = client.read_deployment_by_name(f"{cifar_pipeline.name}/{name}")
+            except ObjectNotFound:
+                continue
+            if deployment.work_pool_name:
+                bound.append(f"{cifar_pipeline.name}/{name} (work pool {deployment.work_pool_name})")
+    return bound
+
+
+def main(limit: int | None = None) -> None:
+    specs = load_deployments()
+    conflicts = pool_bound([spec["name"] for spec in specs])
+    if conflicts:
+        raise ConfigError(
+            "these deployments already run on a work pool: " + ", ".join(conflicts) + ". Use the worker, or "
+            "remove them first (prefect deployment delete NAME) to serve from this process instead."
+        )
+    serve(*(to_runner_deployment(spec) for spec in specs), limit=limit)

@@ -1,0 +1,83 @@
+"""A real `prefect server start` on 127.0.0.1 for the tests that need one, stopped by process id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """A background process in its own session, so that stop() also ends what it started."""
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # A process worker started from a non-interactive parent may not exit on SIGTERM.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+class PrefectServer:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "PrefectServer":
+        self.home.mkdir(parents=True, exist_ok=True)
+        server_env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
+        self.proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                           str(self.port)], server_env, self.home / "server.log")
+        deadline = time.monotonic() + 240  # first start migrates a fresh database: slow on 2 cores
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("prefect server exited:\n" + (self.home / "server.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.read().strip() == b"true":
+                        return self
+            except OSError:
+                pass
+            time.sleep(1)
+        stop(self.proc)
+        raise RuntimeError("prefect server did not answer within 240 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    def cli(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)

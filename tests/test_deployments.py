@@ -1,0 +1,181 @@
+"""Deployments against a real Prefect server: prefect.yaml, a process worker, `serve`, the UI's runs.
+
+The server, the worker and `serve` are real processes on 127.0.0.1; runs are triggered through the
+API exactly as the UI's "Custom run" form does (create a flow run of a deployment with parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.prefect_server import BIN, PrefectServer, start, stop
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"preset": "smoke", "train_subset": 0, "test_subset": 0, "batch_size": 32, "width": 8, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_archive):
+    home = tmp_path_factory.mktemp("prefect-server")
+    with PrefectServer(home) as srv:
+        path, md5 = tiny_archive
+        # The machine's data source, as an air-gapped site sets it for its workers.
+        srv.env.update(CIFAR_PIPELINE_SOURCE=str(path), CIFAR_PIPELINE_MD5=md5)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        yield server
+
+
+@pytest.fixture(scope="module")
+def deployed(api):
+    created = api.cli("work-pool", "create", "cifar-cpu", "--type", "process", cwd=ROOT)
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = api.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", cwd=ROOT)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    return api
+
+
+@pytest.fixture(scope="module")
+def worker(deployed):
+    proc = start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", "2"],
+                 deployed.env, deployed.home / "worker.log", cwd=ROOT)
+    yield proc
+    stop(proc)
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _wait(flow_run_ids, timeout=400):
+    deadline = time.monotonic() + timeout
+    with _client() as client:
+        while True:
+            runs = [client.read_flow_run(i) for i in flow_run_ids]
+            if all(r.state and r.state.is_final() for r in runs):
+                return runs
+            assert time.monotonic() < deadline, [r.state for r in runs]
+            time.sleep(1)
+
+
+def _summary(output_dir: Path, flow_run_id) -> dict:
+    found = [json.loads(p.read_text()) for p in output_dir.glob("runs/*/summary.json")]
+    return next(s for s in found if s["flow_run_id"] == str(flow_run_id))
+
+
+def test_prefect_yaml_creates_a_scheduled_nightly_and_an_on_demand_deployment(deployed):
+    with _client() as client:
+        nightly = client.read_deployment_by_name("cifar-pipeline/nightly")
+        on_demand = client.read_deployment_by_name("cifar-pipeline/on-demand")
+    schedule = nightly.schedules[0].schedule
+    assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "UTC") and nightly.schedules[0].active
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert nightly.parameters == {"config": {"preset": "cpu"}} and nightly.work_pool_name == "cifar-cpu"
+    assert on_demand.schedules == [] and on_demand.enforce_parameter_schema
+
+    # The UI form: the typed config, every field described, ranges included.
+    schema = on_demand.parameter_openapi_schema
+    fields = schema["definitions"]["PipelineConfig"]["properties"]
+    assert fields["preset"]["enum"] == ["seed", "smoke", "cpu", "fast"]
+    epochs = next(o for o in fields["epochs"]["anyOf"] if o.get("type") == "number")
+    assert epochs["exclusiveMinimum"] == 0 and epochs["maximum"] == 1000
+    assert all(f.get("description") for f in fields.values())
+
+
+def test_bad_parameter_from_the_api_is_rejected_before_any_run(deployed):
+    from prefect.deployments import run_deployment
+
+    with _client() as client:
+        before = len(client.read_flow_runs())
+    with pytest.raises(Exception, match=r"config\.epochs.*minimum"):
+        run_deployment("cifar-pipeline/on-demand", parameters={"config": {"preset": "smoke", "epochs": 0}},
+                       timeout=0)
+    with _client() as client:
+        assert len(client.read_flow_runs()) == before
+
+
+def test_ui_run_executes_on_the_worker_and_the_champion_is_kept(worker, deployed, tmp_path):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    params = {"config": {**TINY, "output_dir": str(tmp_path)}}
+    first = run_deployment("cifar-pipeline/on-demand", parameters=params, timeout=400)
+    second = run_deployment("cifar-pipeline/on-demand", parameters=params, timeout=400)
+    assert first.state.is_completed() and second.state.is_completed()
+    with _client() as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id])))
+    keys = {a.key for a in artifacts if a.key}
+    assert {"cifar-report", "cifar-per-class"} <= keys
+
+    one, two = _summary(tmp_path, first.id), _summary(tmp_path, second.id)
+    assert one["promoted"] and not two["promoted"]  # an equal model does not replace the champion
+    assert two["tasks"]["train"] == "Cached"
+    champion = json.loads((tmp_path / "registry" / "champion.json").read_text())
+    assert champion["run_id"] == one["run_id"]
+    assert "**not promoted**" in Path(two["report"]).read_text()
+
+
+def test_two_runs_at_once_both_finish_with_their_own_outputs(worker, deployed, tmp_path):
+    from prefect.deployments import run_deployment
+
+    runs = [run_deployment("cifar-pipeline/on-demand", timeout=0,
+                           parameters={"config": {**TINY, "seed": seed, "output_dir": str(tmp_path)}})
+            for seed in (1, 2)]
+    finished = _wait([r.id for r in runs])
+    assert [r.state.name for r in finished] == ["Completed", "Completed"]
+    summaries = [_summary(tmp_path, r.id) for r in runs]
+    assert summaries[0]["run_dir"] != summaries[1]["run_dir"]
+    assert summaries[0]["checkpoint"] != summaries[1]["checkpoint"]  # two seeds, two trainings
+    for s in summaries:
+        assert Path(s["report"]).is_file() and Path(s["checkpoint"]).is_file()
+    history = (tmp_path / "registry" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + one row per run, none lost to the other
+
+
+def test_serve_refuses_deployments_that_a_work_pool_runs(deployed):
+    proc = subprocess.run([str(BIN / "cifar-pipeline"), "serve"], env=deployed.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cifar-pipeline/nightly (work pool cifar-cpu)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_registers_the_same_deployments_and_runs_them(worker, api, tmp_path):
+    from prefect.deployments import run_deployment
+
+    stop(worker)  # one way of running at a time: serve replaces the pool-bound deployments
+    for name in ("nightly", "on-demand"):
+        assert api.cli("deployment", "delete", f"cifar-pipeline/{name}", cwd=ROOT).returncode == 0
+    proc = start([str(BIN / "cifar-pipeline"), "serve"], api.env, api.home / "serve.log", cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while "are being served" not in (api.home / "serve.log").read_text():
+            assert proc.poll() is None, (api.home / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        with _client() as client:
+            nightly = client.read_deployment_by_name("cifar-pipeline/nightly")
+        assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+        assert nightly.global_concurrency_limit.limit == 1
+        run = run_deployment("cifar-pipeline/on-demand", timeout=400,
+                             parameters={"config": {**TINY, "output_dir": str(tmp_path)}})
+        assert run.state.is_completed(), run.state
+        assert _summary(tmp_path, run.id)["test_accuracy"] >= 0
+    finally:
+        stop(proc)
