@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -17,8 +18,14 @@ FORMAT = 1
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write via temp file + fsync + rename: a crash leaves the previous checkpoint intact."""
-    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    """Write via temp file + fsync + rename: a crash or a full disk leaves the previous checkpoint intact.
+
+    The bytes are built in memory first: torch.save's zip writer reports a failed write as an
+    obscure RuntimeError, while a plain write raises the OSError (ENOSPC) a user can act on.
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

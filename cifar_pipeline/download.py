@@ -35,6 +35,8 @@ HINT = (
     "(or set CIFAR_PIPELINE_SOURCE / CIFAR_PIPELINE_MD5)."
 )
 
+HTTP_CHUNK = 64 * 1024
+
 Progress = Callable[[int, int | None], None]
 
 
@@ -173,7 +175,8 @@ def _fetch_http(url: str, md5: str, final: Path, timeout: float, on_progress: Pr
         done = have
         try:
             with open(part, "ab" if resumed else "wb") as out:
-                while chunk := response.read(CHUNK):
+                # Small reads: bytes that arrived before a reset are on disk and need not travel again.
+                while chunk := response.read(HTTP_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)

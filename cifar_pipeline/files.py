@@ -41,6 +41,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def remove_temp_files(folder: str | os.PathLike) -> int:
+    """Delete temp files that atomic_file() left behind when its process was killed.
+
+    Only call this while holding the folder's lock, so that no live writer owns them.
+    """
+    stale = list(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     with atomic_file(path, "wb") as f:
         write(f)

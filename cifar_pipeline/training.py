@@ -32,7 +32,7 @@ from .checkpoint import save_checkpoint, try_load_checkpoint
 from .config import PipelineConfig
 from .dataset import DatasetRecord, load_arrays
 from .errors import ConfigError, TrainingDiverged
-from .files import atomic_write_json, file_digest
+from .files import atomic_write_json, file_digest, remove_temp_files
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 from .provenance import code_version
@@ -101,6 +101,8 @@ def train(
     folder.mkdir(parents=True, exist_ok=True)
     # Two runs with the same configuration train once: the second waits, then reuses the result.
     with FileLock(str(folder / "train.lock")):
+        if removed := remove_temp_files(folder):
+            log.info("removed %d temp file(s) of an interrupted checkpoint write", removed)
         record_path = folder / "record.json"
         if record_path.exists():
             record = TrainRecord.model_validate_json(record_path.read_text())

@@ -26,7 +26,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         fault = srv.faults.pop(0) if srv.faults else "ok"
         srv.requests.append({"path": self.path, "range": self.headers.get("Range"), "fault": fault})
-        file = srv.root / self.path.lstrip("/")
+        file = srv.root / self.path.split("?")[0].lstrip("/")
         if fault == "503":
             return self._status(503)
         if fault == "404" or not file.is_file():
@@ -55,6 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("reset", "truncate"):
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
+            time.sleep(0.3)  # let the first half arrive, as on a real link that breaks later
             if fault == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True

@@ -69,3 +69,12 @@ def test_console_script_is_installed():
         pytest.skip("package not installed in this environment (pip install -e .)")
     proc = subprocess.run([str(script), "presets"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "seed" in proc.stdout and "smoke" in proc.stdout
+
+
+def test_serve_without_a_server_explains_what_is_needed(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "flows", "serve"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "prefect server start" in proc.stderr and "PREFECT_API_URL" in proc.stderr

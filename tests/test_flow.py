@@ -109,3 +109,18 @@ def test_corrupt_archive_fails_clearly_and_caches_nothing(tmp_path, tiny_archive
     assert f"expected md5 {wrong}, got {md5}" in str(error) and str(path) in str(error)
     archives = tmp_path / "cache" / "archives"
     assert [p for p in archives.iterdir() if p.suffix != ".lock"] == []
+
+
+def test_download_gives_up_after_the_last_retry_with_a_clear_error(tmp_path, tiny_archive, server):
+    from flows.pipeline import cifar_pipeline
+
+    path, md5 = tiny_archive
+    server.faults = ["503"] * 10
+    config = PipelineConfig(**{**TINY, "source": [server.url(path.name)], "md5": md5, "output_dir": str(tmp_path),
+                               "download_retries": 2})
+    state = cifar_pipeline(config=config, return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert server.url(path.name) in message and "HTTP 503" in message and "--source URL_OR_PATH" in message
+    assert len(server.requests) == 3  # the first try and two retries
+    assert not (tmp_path / "cache" / "archives" / f"{md5}.tar.gz").exists()
