@@ -7,8 +7,6 @@ that submits only `{"preset": "cpu"}` and one that spells out every field valida
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -171,11 +169,6 @@ class PipelineConfig(BaseModel):
             for k, v in self.model_dump(mode="json").items()
             if (type(self).model_fields[k].json_schema_extra or {}).get("group") == name
         }
-
-    def digest(self, group: str) -> str:
-        """A stable digest of one group's values: part of the cache keys."""
-        blob = json.dumps(self.group(group), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def overrides(self) -> dict[str, Any]:
         """Fields set explicitly (not from the preset): shown in the report."""

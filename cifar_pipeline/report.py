@@ -93,6 +93,7 @@ def write_report(
         "epochs": f"{cfg.epochs:g}",
         "train_time": _seconds(trained.train_seconds),
         "device_name": trained.device_name,
+        "precision": trained.precision,
         "warnings": warnings,
         "epoch_table": _table(epoch_frame(trained), floatfmt=".4g"),
         "class_table": _table(per_class, floatfmt=".2%"),

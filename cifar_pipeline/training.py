@@ -61,6 +61,7 @@ class TrainRecord(BaseModel):
     epochs: list[EpochMetrics]
     device: str
     device_name: str
+    precision: str  # what ran: "bf16", "fp16" or "fp32" (a CPU without bf16 instructions runs fp32)
     parameters: int
     train_images: int
     steps: int
@@ -247,6 +248,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     return TrainRecord(
         key=key, checkpoint=str(checkpoint_path), checkpoint_sha256=file_digest(checkpoint_path),
         epochs=history, device=str(device), device_name=device_name(device),
+        precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32"),
         parameters=count_parameters(model), train_images=len(y_train), steps=step,
         train_seconds=sum(h.seconds for h in history),
         resumed_from_epoch=state["epoch"] if state is not None else None, warnings=warnings,
