@@ -1,7 +1,7 @@
 """The seed blog's training code, rebuilt as it was written, to measure it beside the pipeline.
 
 torchvision's CIFAR10 checks each batch file against the official md5s, which a rebuilt archive
-does not match; the subclass skips only that check. Everything else is the blog's code path:
+does not match; the subclass drops only those digests (the archive's own md5 was verified). Everything else is the blog's code path:
 per-image ToTensor + Normalize([0], [1]), DataLoader(batch 16, shuffle), Net, SGD lr 0.01.
 """
 
@@ -18,8 +18,10 @@ import torchvision.transforms as transforms
 
 
 class CIFAR10(torchvision.datasets.CIFAR10):
-    def _check_integrity(self) -> bool:
-        return True
+    # check_integrity(path, None) only checks that the file exists.
+    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
 
 class Net(nn.Module):  # the blog's model, verbatim
