@@ -112,5 +112,5 @@ def test_eval_batches_keep_order():
     y = np.arange(10) % 10
     out = list(eval_batches(x, y, batch_size=4))
     assert [len(b) for b, _ in out] == [4, 4, 2]
-    assert torch.cat([l for _, l in out]).tolist() == y.tolist()
+    assert torch.cat([labels for _, labels in out]).tolist() == y.tolist()
     torch.testing.assert_close(out[0][0][1], torch.from_numpy(x[1]).permute(2, 0, 1).float() / 255)
