@@ -23,7 +23,7 @@ from .errors import IntegrityError
 from .files import atomic_write_json, file_digest
 from .models import build_model
 from .provenance import code_version
-from .runtime import autocast_dtype, resolve_device
+from .runtime import autocast, autocast_dtype, resolve_device
 from .training import TrainRecord
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,8 @@ def evaluate_checkpoint(
     arrays = load_arrays(dataset)
     n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
     x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
     loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, autocast_dtype(device, cfg.precision)):
         for x, y in eval_batches(x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
                                  normalize=model_cfg.normalize, channels_last=cfg.channels_last):
             logits = tta_logits(model, x, cfg.tta).float()

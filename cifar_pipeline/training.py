@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,9 @@ from .files import atomic_write_json, file_digest, remove_temp_files
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 from .provenance import code_version
-from .runtime import autocast_dtype, device_name, resolve_device, tune_cpu_allocator
+from .runtime import (
+    autocast, autocast_dtype, device_name, precision_name, resolve_device, tune_cpu_allocator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,6 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     amp_dtype = autocast_dtype(device, cfg.precision)
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     show_bar = sys.stderr.isatty() if progress is None else progress
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
 
@@ -188,7 +188,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
                 break
             factor = lr_factor(step, total_steps, cfg)
             set_lr(optimizer, cfg, factor)
-            with autocast():
+            with autocast(device, amp_dtype):
                 out = forward(x)
                 loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -248,7 +248,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     return TrainRecord(
         key=key, checkpoint=str(checkpoint_path), checkpoint_sha256=file_digest(checkpoint_path),
         epochs=history, device=str(device), device_name=device_name(device),
-        precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32"),
+        precision=precision_name(amp_dtype),
         parameters=count_parameters(model), train_images=len(y_train), steps=step,
         train_seconds=sum(h.seconds for h in history),
         resumed_from_epoch=state["epoch"] if state is not None else None, warnings=warnings,

@@ -81,7 +81,8 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     download = download_task.with_options(
         retries=retries, retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(retries)] or 0
     )
-    archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache), timeout=cfg.download_timeout_s)
+    archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache),
+                        timeout=cfg.download_timeout_s)
     dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
     trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
