@@ -78,19 +78,26 @@ class PipelineConfig(BaseModel):
     # --- optimisation
     epochs: float | None = _field("train", "Training epochs; a fraction trains part of the last epoch.", gt=0, le=1000)
     batch_size: int | None = _field("train", "Training batch size.", ge=1, le=8192)
-    lr: float | None = _field("train", "Peak learning rate (SGD, mean-reduced loss).", gt=0, le=100)
+    optimizer: Literal["sgd", "muon"] | None = _field(
+        "train", "sgd: SGD for every weight; muon: Muon for conv filters, SGD for biases and the head."
+    )
+    lr: float | None = _field("train", "Peak learning rate of the SGD weights (mean-reduced loss).", gt=0, le=100)
     momentum: float | None = _field("train", "SGD momentum (0 = plain SGD).", ge=0, lt=1)
     nesterov: bool | None = _field("train", "Nesterov momentum (needs momentum > 0).")
     weight_decay: float | None = _field("train", "L2 weight decay as in torch.optim.SGD.", ge=0, le=1)
     bias_lr_scale: float | None = _field(
         "train", "BatchNorm biases get lr x this and weight decay / this.", gt=0, le=1000
     )
+    muon_lr: float | None = _field("train", "Muon: peak step size of the normalised conv filters.", gt=0, le=10)
+    muon_momentum: float | None = _field("train", "Muon: Nesterov momentum of the conv filters.", ge=0, lt=1)
     label_smoothing: float | None = _field("train", "Cross-entropy label smoothing.", ge=0, lt=1)
     schedule: Literal["constant", "triangle"] | None = _field(
         "train", "Learning-rate schedule: constant, or linear up then down (triangle)."
     )
     lr_start: float | None = _field("train", "Triangle: lr at step 0, as a fraction of lr.", ge=0, le=1)
-    lr_peak_at: float | None = _field("train", "Triangle: where the peak lies, as a fraction of training.", gt=0, lt=1)
+    lr_peak_at: float | None = _field(
+        "train", "Triangle: where the peak lies, as a fraction of training (0: decay from the start).", ge=0, lt=1
+    )
     lr_end: float | None = _field("train", "Triangle: lr at the last step, as a fraction of lr.", ge=0, le=1)
     ema: bool | None = _field("train", "Lookahead weight averaging from epoch 3 on (airbench).")
     whiten_bias_epochs: int | None = _field(

@@ -14,17 +14,24 @@ from torch import nn
 from .config import PipelineConfig
 
 
-def build_optimizer(model: nn.Module, cfg: PipelineConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: PipelineConfig) -> torch.optim.Optimizer:
     norm_biases = {id(p) for p in getattr(model, "norm_biases", lambda: [])()}
     trainable = [p for p in model.parameters() if p.requires_grad]
+    filters = [p for p in trainable if p.ndim == 4] if cfg.optimizer == "muon" else []
+    taken = norm_biases | {id(p) for p in filters}
     biases = [p for p in trainable if id(p) in norm_biases]
-    others = [p for p in trainable if id(p) not in norm_biases]
-    groups = [{"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "lr_scale": 1.0}]
+    others = [p for p in trainable if id(p) not in taken]
+    groups = [{"params": others, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     if biases:
         # Biases move faster but decay by the same absolute amount per step.
         scale = cfg.bias_lr_scale
-        groups.append({"params": biases, "lr": cfg.lr * scale,
-                       "weight_decay": cfg.weight_decay / scale, "lr_scale": scale})
+        groups.append({"params": biases, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
+                       "weight_decay": cfg.weight_decay / scale})
+    if cfg.optimizer == "muon":
+        if filters:
+            groups.append({"params": filters, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr,
+                           "momentum": cfg.muon_momentum, "nesterov": True, "weight_decay": 0.0, "muon": True})
+        return Muon(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
     # foreach=False: the per-tensor loop is the one the blog's code ran; on CPU it is as fast.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=False)
 
@@ -40,9 +47,59 @@ def lr_factor(step: int, total_steps: int, cfg: PipelineConfig) -> float:
     return 1.0 + (cfg.lr_end - 1.0) * min(step - peak, span) / span
 
 
-def set_lr(optimizer: torch.optim.Optimizer, cfg: PipelineConfig, factor: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group["lr_scale"] * factor
+        group["lr"] = group["base_lr"] * factor
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """Push a matrix's singular values toward 1 (Newton-Schulz quintic, Jordan et al. 2024, "Muon")."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.float()
+    x = x / (x.norm() + eps)  # the iteration needs the top singular value <= 1
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the conv filters (groups marked "muon"), Nesterov SGD for every other group.
+
+    As in airbench94_muon: each filter tensor is renormalised to norm sqrt(out_channels) before its
+    step, so the step size is relative and weight decay is not needed; the step is the momentum
+    of the gradient with its singular values flattened. One optimizer object keeps checkpointing,
+    GradScaler and the lr schedule the same as with plain SGD.
+    """
+
+    def __init__(self, groups: list[dict], momentum: float, nesterov: bool) -> None:
+        super().__init__(groups, {"lr": 0.0, "momentum": momentum, "nesterov": nesterov,
+                                  "weight_decay": 0.0, "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        for group in self.param_groups:
+            momentum, nesterov = group["momentum"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if momentum:
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = g.clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(g)
+                    buf = state["momentum_buffer"]
+                    g = g.add(buf, alpha=momentum) if nesterov else buf
+                if group["muon"]:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    g = orthogonalize(g.reshape(len(g), -1)).reshape(g.shape).to(p.dtype)
+                p.add_(g, alpha=-group["lr"])
 
 
 class Lookahead:

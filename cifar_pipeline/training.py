@@ -187,7 +187,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
             if i >= epoch_steps:
                 break
             factor = lr_factor(step, total_steps, cfg)
-            set_lr(optimizer, cfg, factor)
+            set_lr(optimizer, factor)
             with autocast(device, amp_dtype):
                 out = forward(x)
                 loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
@@ -211,7 +211,9 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             bar.update(1)
         bar.close()
-        if lookahead is not None:
+        if lookahead is not None and step == total_steps:
+            # The trained weights are the average (airbench); mid-run the average lives in the
+            # checkpoint beside the weights, so an epoch boundary does not throw steps away.
             lookahead.update(model, decay=1.0)
         _sync(device)
         seconds = time.perf_counter() - t0

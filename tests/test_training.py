@@ -54,9 +54,10 @@ def test_finished_training_is_reused_not_repeated(tiny_dataset, tmp_path):
     assert (training_dir(tmp_path, first.key) / "checkpoint.pt").stat().st_mtime_ns == mtime
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("preset", ["cpu", "fast"])  # Muon state; lookahead state, flips, translation
+def test_interrupted_training_resumes_to_the_same_weights(preset, tiny_dataset, tmp_path):
     record, _ = tiny_dataset
-    cfg = PipelineConfig(preset="cpu", **SHRUNK["cpu"]).resolved({})  # with EMA, flips, translation
+    cfg = PipelineConfig(preset=preset, **SHRUNK[preset]).resolved({})
     straight = train(cfg, record, tmp_path / "straight", progress=False)
 
     class Stop(Exception):
