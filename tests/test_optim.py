@@ -51,9 +51,11 @@ def test_muon_gets_the_conv_filters_and_sgd_the_rest():
     opt = build_optimizer(model, _muon_cfg())
     muon = [g for g in opt.param_groups if g["muon"]]
     sgd = [g for g in opt.param_groups if not g["muon"]]
-    filters = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
-    assert len(muon) == 1 and {id(p) for p in muon[0]["params"]} == {id(p) for p in filters}
-    assert all(p is not model.whiten.weight for p in filters)  # the frozen whitening stays out
+    # Every 3x3 conv of the conv groups; the frozen whitening conv stays out.
+    convs = [m.weight for m in model.layers.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6
+    assert len(muon) == 1 and {id(p) for p in muon[0]["params"]} == {id(p) for p in convs}
+    assert all(p is not model.whiten.weight for p in muon[0]["params"])
     rest = {id(p) for g in sgd for p in g["params"]}
     assert id(model.head.weight) in rest and all(id(b) in rest for b in model.norm_biases())
     set_lr(opt, 0.5)
