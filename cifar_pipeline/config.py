@@ -11,9 +11,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ConfigError
 
@@ -34,96 +35,131 @@ DEFAULTS: dict[str, Any] = _PRESET_FILE["defaults"]
 PRESETS: dict[str, dict[str, Any]] = {k: v for k, v in _PRESET_FILE.items() if k != "defaults"}
 
 
-def _field(group: str, description: str, **constraints: Any) -> Any:
-    return Field(default=None, description=description, json_schema_extra={"group": group}, **constraints)
+def _field(group: str, description: str) -> Any:
+    return Field(default=None, description=description, json_schema_extra={"group": group})
+
+
+def Opt(tp: Any, **constraints: Any) -> Any:  # noqa: N802 - reads as a type in the annotations below
+    """`tp` (with its allowed range), or None: take the preset's value.
+
+    None stays out of the JSON schema, so the UI form shows a plain number input or a dropdown
+    instead of a type toggle ("int | None"); an empty form field still means "the preset's value".
+    """
+    inner = Annotated[tp, Field(**constraints)] if constraints else tp
+    return Union[inner, SkipJsonSchema[None]]  # noqa: UP007 - a runtime-built union
+
+
+def _schema_without_null_defaults(schema: dict[str, Any]) -> None:
+    # `"default": null` would put a null into each form field, which the form then flags as invalid.
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
 
 
 class PipelineConfig(BaseModel):
     """Everything that decides what a run does. Empty fields take the preset's value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="Pipeline configuration")
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Pipeline configuration",
+                              json_schema_extra=_schema_without_null_defaults)
 
+    # The order is the UI form's order: what people change most first, then data, training,
+    # evaluation, and where/how it runs. Groups decide which cache keys a field enters.
     preset: PresetName = Field(
         default="seed",
         description="Named recipe the other fields start from: seed (the blog recipe), smoke "
         "(one quick epoch on a subset), cpu (best accuracy in ~15 min on 2 cores), fast (GPU).",
         json_schema_extra={"group": "run"},
     )
-    # --- run: where and how; never changes a result
-    output_dir: str | None = _field("run", "Folder for the data cache and the run folders.", min_length=1)
-    device: Literal["auto", "cpu", "cuda"] | None = _field(
-        "run", "auto picks CUDA when present, else the CPU."
+    epochs: Opt(float, gt=0, le=1000) = _field(
+        "train", "Training epochs; a fraction trains part of the last epoch. Empty: the preset's."
     )
-    seed: int | None = _field("train", "Seed for weight init, data order and augmentation.", ge=0, le=2**31 - 1)
+    seed: Opt(int, ge=0, le=2**31 - 1) = _field("train", "Seed for weight init, data order and augmentation.")
+    lr: Opt(float, gt=0, le=100) = _field("train", "Peak learning rate of the SGD weights (mean-reduced loss).")
+    batch_size: Opt(int, ge=1, le=8192) = _field("train", "Training batch size.")
     # --- data
-    source: list[str] | None = _field(
+    source: Opt(list[str]) = _field(
         "data",
         "Where to get cifar-10-python.tar.gz: URLs (http, https, file://) or local paths, tried in "
         f"order. Empty: ${SOURCE_ENV} if set, else the official URL.",
     )
-    md5: str | None = _field(
-        "data", f"Expected md5 of the archive. Empty: ${MD5_ENV} if set, else the official digest.",
-        pattern=r"^[0-9a-f]{32}$",
+    md5: Opt(str, pattern=r"^[0-9a-f]{32}$") = _field(
+        "data", f"Expected md5 of the archive. Empty: ${MD5_ENV} if set, else the official digest."
     )
-    train_subset: int | None = _field("train", "Train on the first N training images (0 = all 50000).", ge=0, le=50000)
-    test_subset: int | None = _field("eval", "Evaluate on the first N test images (0 = all 10000).", ge=0, le=10000)
-    download_retries: int | None = _field("run", "Retries of a failed download.", ge=0, le=20)
-    retry_delay_s: float | None = _field("run", "First retry delay in seconds; doubles each retry.", ge=0, le=3600)
-    download_timeout_s: float | None = _field(
-        "run", "Seconds a download may stall (no bytes arriving) before it counts as failed.", gt=0, le=3600
+    extra_data: Opt(list[str]) = _field(
+        "data",
+        "Folders of extra labelled training images, laid out CLASS_NAME/.../image.png with the ten "
+        "CIFAR-10 class names; added to the training split only.",
     )
+    bad_images: Opt(Literal["fail", "skip"]) = _field(
+        "data", "An unreadable extra image: fail (stop, naming every bad file) or skip (listed in the report)."
+    )
+    train_subset: Opt(int, ge=0, le=50000) = _field("train", "Train on the first N training images (0 = all 50000).")
+    validation_images: Opt(int, ge=0, le=49000) = _field(
+        "train", "Hold out N training images (fixed by the seed) as a validation split; 0 = none."
+    )
+    test_subset: Opt(int, ge=0, le=10000) = _field("eval", "Evaluate on the first N test images (0 = all 10000).")
     # --- model
-    model: ModelName | None = _field("train", "Network: seed_net (the blog's Net) or airnet (airbench-style).")
-    width: int | None = _field("train", "airnet base width (64 = airbench94); seed_net ignores it.", ge=4, le=512)
+    model: Opt(ModelName) = _field("train", "Network: seed_net (the blog's Net) or airnet (airbench-style).")
+    width: Opt(int, ge=4, le=512) = _field("train", "airnet base width (64 = airbench94); seed_net ignores it.")
     # --- optimisation
-    epochs: float | None = _field("train", "Training epochs; a fraction trains part of the last epoch.", gt=0, le=1000)
-    batch_size: int | None = _field("train", "Training batch size.", ge=1, le=8192)
-    optimizer: Literal["sgd", "muon"] | None = _field(
+    time_budget_min: Opt(float, ge=0, le=10080) = _field(
+        "train", "Training time budget in minutes: a measured warm-up decides how many epochs fit (0 = none: "
+        "train the configured epochs)."
+    )
+    optimizer: Opt(Literal["sgd", "muon"]) = _field(
         "train", "sgd: SGD for every weight; muon: Muon for conv filters, SGD for biases and the head."
     )
-    lr: float | None = _field("train", "Peak learning rate of the SGD weights (mean-reduced loss).", gt=0, le=100)
-    momentum: float | None = _field("train", "SGD momentum (0 = plain SGD).", ge=0, lt=1)
-    nesterov: bool | None = _field("train", "Nesterov momentum (needs momentum > 0).")
-    weight_decay: float | None = _field("train", "L2 weight decay as in torch.optim.SGD.", ge=0, le=1)
-    bias_lr_scale: float | None = _field(
-        "train", "BatchNorm biases get lr x this and weight decay / this.", gt=0, le=1000
+    momentum: Opt(float, ge=0, lt=1) = _field("train", "SGD momentum (0 = plain SGD).")
+    nesterov: Opt(bool) = _field("train", "Nesterov momentum (needs momentum > 0).")
+    weight_decay: Opt(float, ge=0, le=1) = _field("train", "L2 weight decay as in torch.optim.SGD.")
+    bias_lr_scale: Opt(float, gt=0, le=1000) = _field(
+        "train", "BatchNorm biases get lr x this and weight decay / this."
     )
-    muon_lr: float | None = _field("train", "Muon: peak step size of the normalised conv filters.", gt=0, le=10)
-    muon_momentum: float | None = _field("train", "Muon: Nesterov momentum of the conv filters.", ge=0, lt=1)
-    label_smoothing: float | None = _field("train", "Cross-entropy label smoothing.", ge=0, lt=1)
-    schedule: Literal["constant", "triangle"] | None = _field(
+    muon_lr: Opt(float, gt=0, le=10) = _field("train", "Muon: peak step size of the normalised conv filters.")
+    muon_momentum: Opt(float, ge=0, lt=1) = _field("train", "Muon: Nesterov momentum of the conv filters.")
+    label_smoothing: Opt(float, ge=0, lt=1) = _field("train", "Cross-entropy label smoothing.")
+    schedule: Opt(Literal["constant", "triangle"]) = _field(
         "train", "Learning-rate schedule: constant, or linear up then down (triangle)."
     )
-    lr_start: float | None = _field("train", "Triangle: lr at step 0, as a fraction of lr.", ge=0, le=1)
-    lr_peak_at: float | None = _field(
-        "train", "Triangle: where the peak lies, as a fraction of training (0: decay from the start).", ge=0, lt=1
+    lr_start: Opt(float, ge=0, le=1) = _field("train", "Triangle: lr at step 0, as a fraction of lr.")
+    lr_peak_at: Opt(float, ge=0, lt=1) = _field(
+        "train", "Triangle: where the peak lies, as a fraction of training (0: decay from the start)."
     )
-    lr_end: float | None = _field("train", "Triangle: lr at the last step, as a fraction of lr.", ge=0, le=1)
-    ema: bool | None = _field("train", "Lookahead weight averaging from epoch 3 on (airbench).")
-    whiten_bias_epochs: int | None = _field(
-        "train", "airnet: epochs during which the whitening layer's bias trains.", ge=0, le=1000
+    lr_end: Opt(float, ge=0, le=1) = _field("train", "Triangle: lr at the last step, as a fraction of lr.")
+    ema: Opt(bool) = _field("train", "Lookahead weight averaging from epoch 3 on (airbench).")
+    whiten_bias_epochs: Opt(int, ge=0, le=1000) = _field(
+        "train", "airnet: epochs during which the whitening layer's bias trains."
     )
     # --- data path and augmentation
-    normalize: Literal["unit", "standardize"] | None = _field(
+    normalize: Opt(Literal["unit", "standardize"]) = _field(
         "train", "unit: pixels scaled to [0, 1] (the blog); standardize: per-channel mean/std."
     )
-    flip: Literal["none", "random", "alternate"] | None = _field(
+    flip: Opt(Literal["none", "random", "alternate"]) = _field(
         "train", "Horizontal flips: none, random per image, or alternate (each image flips every other epoch)."
     )
-    translate: int | None = _field("train", "Random translation in pixels (reflect padding).", ge=0, le=8)
-    cutout: int | None = _field("train", "Cutout square size in pixels (0 = off).", ge=0, le=32)
+    translate: Opt(int, ge=0, le=8) = _field("train", "Random translation in pixels (reflect padding).")
+    cutout: Opt(int, ge=0, le=32) = _field("train", "Cutout square size in pixels (0 = off).")
     # --- speed; these change speed, not the method
-    channels_last: bool | None = _field("train", "Use channels-last memory layout.")
-    precision: Literal["fp32", "bf16", "fp16"] | None = _field(
+    channels_last: Opt(bool) = _field("train", "Use channels-last memory layout.")
+    precision: Opt(Literal["fp32", "bf16", "fp16"]) = _field(
         "train", "Autocast precision for training and evaluation: bf16 (CUDA or CPU), fp16 (CUDA only)."
     )
-    compile: bool | None = _field("train", "torch.compile the model (CUDA only; the CPU gains nothing).")
+    compile: Opt(bool) = _field("train", "torch.compile the model (CUDA only; the CPU gains nothing).")
     # --- evaluation
-    tta: int | None = _field("eval", "Test-time augmentation: 0 none, 1 flip, 2 flip + 1-pixel translations.", ge=0, le=2)
-    eval_batch_size: int | None = _field("eval", "Batch size for evaluation.", ge=1, le=65536)
-    # --- champion
-    promote_margin: float | None = _field(
-        "run", "A run replaces the champion only if its accuracy beats it by more than this (0-1).", ge=0, le=1
+    tta: Opt(int, ge=0, le=2) = _field(
+        "eval", "Test-time augmentation: 0 none, 1 flip, 2 flip + 1-pixel translations."
+    )
+    eval_batch_size: Opt(int, ge=1, le=65536) = _field("eval", "Batch size for evaluation.")
+    # --- where and how it runs; never changes a result
+    promote_margin: Opt(float, ge=0, le=1) = _field(
+        "run", "A run replaces the champion only if its accuracy beats it by more than this (0-1)."
+    )
+    output_dir: Opt(str, min_length=1) = _field("run", "Folder for the data cache and the run folders.")
+    device: Opt(Literal["auto", "cpu", "cuda"]) = _field("run", "auto picks CUDA when present, else the CPU.")
+    download_retries: Opt(int, ge=0, le=20) = _field("run", "Retries of a failed download.")
+    retry_delay_s: Opt(float, ge=0, le=3600) = _field("run", "First retry delay in seconds; doubles each retry.")
+    download_timeout_s: Opt(float, gt=0, le=3600) = _field(
+        "run", "Seconds a download may stall (no bytes arriving) before it counts as failed."
     )
 
     @field_validator("source", mode="before")
@@ -133,6 +169,13 @@ class PipelineConfig(BaseModel):
             value = [part.strip() for part in value.split(",")]
         if isinstance(value, list):
             value = [v for v in value if isinstance(v, str) and v.strip()] or None
+        return value
+
+    @field_validator("extra_data", mode="before")
+    @classmethod
+    def _split_folders(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("md5", mode="before")
@@ -191,31 +234,31 @@ def validate_config(data: Mapping[str, Any]) -> PipelineConfig:
 
 
 def allowed_range(name: str) -> str:
-    """Human text for a field's constraints, e.g. '0 < epochs <= 1000'."""
-    field = PipelineConfig.model_fields.get(name)
-    if field is None:
+    """Human text for a field's constraints, e.g. '0 < epochs <= 1000', from the JSON schema the UI uses."""
+    prop = _SCHEMA["properties"].get(name)
+    if prop is None:
         return ""
-    bounds = {}
-    for meta in field.metadata:
-        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            if getattr(meta, attr, None) is not None:
-                bounds[symbol] = getattr(meta, attr)
-    lower = next(((f"{bounds[s]} {'<' if s == '>' else '<='} ") for s in (">", ">=") if s in bounds), "")
-    upper = next(((f" {s} {bounds[s]}") for s in ("<", "<=") if s in bounds), "")
+    lower = next((f"{prop[k]} {s} " for k, s in (("exclusiveMinimum", "<"), ("minimum", "<=")) if k in prop), "")
+    upper = next((f" {s} {prop[k]}" for k, s in (("exclusiveMaximum", "<"), ("maximum", "<=")) if k in prop), "")
     if lower or upper:
         return f"{lower}{name}{upper}"
-    schema = PipelineConfig.model_json_schema()["properties"].get(name, {})
-    choices = [opt.get("enum") for opt in schema.get("anyOf", [schema]) if opt.get("enum")]
-    return f"one of {', '.join(map(str, choices[0]))}" if choices else ""
+    choices = prop.get("enum") or prop.get("items", {}).get("enum")
+    return f"one of {', '.join(map(str, choices))}" if choices else ""
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+        if err["type"] == "none_required":
+            continue  # the "empty" side of an optional field: the other side's error says what is wrong
+        # A location is (field, union branch, ...); the field's name is what a person typed.
+        name = str(err["loc"][0]) if err["loc"] else "config"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = f" = {value!r}" if name != "config" and not isinstance(value, dict) else ""
         rng = allowed_range(name)
         parts.append(f"{name}{shown}: {msg}" + (f" (allowed: {rng})" if rng else ""))
     return "invalid configuration: " + "; ".join(parts)
+
+
+_SCHEMA = PipelineConfig.model_json_schema()

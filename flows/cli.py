@@ -35,14 +35,17 @@ class _Parser(argparse.ArgumentParser):
 def _option_kwargs(name: str, annotation: Any, description: str) -> dict[str, Any]:
     base = annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        base = next(a for a in typing.get_args(annotation) if a is not type(None))
+        base = typing.get_args(annotation)[0]  # the value's type; the other side is "empty"
+    if typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
     origin = typing.get_origin(base)
     if base is bool:
         return {"action": argparse.BooleanOptionalAction, "help": description}
     if origin is typing.Literal:
         return {"choices": list(typing.get_args(base)), "help": description}
     if origin is list:
-        return {"action": "append", "metavar": "URL_OR_PATH", "help": description + " May repeat."}
+        metavar = "DIR" if name == "extra_data" else "URL_OR_PATH"
+        return {"action": "append", "metavar": metavar, "help": description + " May repeat."}
     if base in (int, float):
         return {"type": base, "metavar": "N", "help": description}
     return {"type": str, "metavar": name.upper(), "help": description}

@@ -69,5 +69,24 @@ def test_json_schema_describes_every_field_for_the_ui_form():
     schema = PipelineConfig.model_json_schema()
     props = schema["properties"]
     assert all(p.get("description") for p in props.values())
-    epochs = next(o for o in props["epochs"]["anyOf"] if o.get("type") == "number")
+    epochs = props["epochs"]
     assert epochs["exclusiveMinimum"] == 0 and epochs["maximum"] == 1000
+
+
+def test_ui_form_shows_plain_inputs_and_dropdowns_in_a_useful_order():
+    props = PipelineConfig.model_json_schema()["properties"]
+    toggles = [name for name, p in props.items() if "anyOf" in p or "null" in str(p.get("type"))]
+    assert toggles == []
+    assert [name for name, p in props.items() if "default" in p] == ["preset"]
+    for choice in ("preset", "model", "optimizer", "precision", "schedule", "device", "flip", "bad_images"):
+        assert props[choice]["type"] == "string" and len(props[choice]["enum"]) >= 2, choice
+    order = list(props)
+    assert order[:5] == ["preset", "epochs", "seed", "lr", "batch_size"]
+    assert order.index("source") < order.index("model") < order.index("tta") < order.index("output_dir")
+    # An empty field is still valid and means "the preset's value".
+    assert PipelineConfig.model_validate({"preset": "cpu", "epochs": None}).resolved({}).epochs == PRESETS["cpu"]["epochs"]
+
+
+def test_extra_data_folders_split_on_commas():
+    assert PipelineConfig(extra_data="/a, /b").extra_data == ["/a", "/b"]
+    assert PipelineConfig().resolved({}).extra_data == []

@@ -93,8 +93,11 @@ def test_prefect_yaml_creates_a_scheduled_nightly_and_an_on_demand_deployment(de
     schema = on_demand.parameter_openapi_schema
     fields = schema["definitions"]["PipelineConfig"]["properties"]
     assert fields["preset"]["enum"] == ["seed", "smoke", "cpu", "fast"]
-    epochs = next(o for o in fields["epochs"]["anyOf"] if o.get("type") == "number")
-    assert epochs["exclusiveMinimum"] == 0 and epochs["maximum"] == 1000
+    epochs = fields["epochs"]
+    assert (epochs["type"], epochs["exclusiveMinimum"], epochs["maximum"]) == ("number", 0, 1000)
+    # A plain input or a dropdown per field, never an "X | None" type toggle.
+    assert not [name for name, f in fields.items() if "anyOf" in f or f.get("default", "") is None]
+    assert fields["device"]["enum"] == ["auto", "cpu", "cuda"]
     assert all(f.get("description") for f in fields.values())
 
 
