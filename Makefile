@@ -21,6 +21,7 @@ run: setup
 	$(BIN)/cifar-pipeline run --preset $(PRESET) $(ARGS)
 
 test: setup
+	bash tests/system_packages.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
