@@ -191,6 +191,9 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 f"batch_size {self.batch_size} is larger than train_subset {self.train_subset}"
             )
+        if self.validation_images and self.validation_images >= (self.train_subset or 50000):
+            raise ValueError(f"validation_images {self.validation_images} leaves no training images "
+                             f"(train_subset {self.train_subset or 50000})")
         return self
 
     # ------------------------------------------------------------------ resolution

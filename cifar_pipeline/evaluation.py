@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel
-from torch import nn
 
-from .batches import eval_batches
 from .checkpoint import load_checkpoint
 from .config import PipelineConfig
 from .dataset import DatasetRecord, load_arrays
@@ -23,7 +20,8 @@ from .errors import IntegrityError
 from .files import atomic_write_json, file_digest
 from .models import build_model
 from .provenance import code_version
-from .runtime import autocast, autocast_dtype, resolve_device
+from .runtime import autocast_dtype, resolve_device
+from .scoring import score, tta_logits  # noqa: F401  (tta_logits: part of this module's API)
 from .training import TrainRecord
 
 log = logging.getLogger(__name__)
@@ -55,19 +53,6 @@ def evaluation_key(cfg: PipelineConfig, trained: TrainRecord, data_md5: str) -> 
                        "eval": cfg.group("eval"), "normalize": cfg.normalize,
                        "code": code_version("eval")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
-    """Average logits over views: 0 none, 1 + mirror, 2 + one-pixel translations (airbench)."""
-    def mirror(inputs: torch.Tensor) -> torch.Tensor:
-        return 0.5 * model(inputs) + 0.5 * model(inputs.flip(-1)) if level >= 1 else model(inputs)
-
-    logits = mirror(x)
-    if level < 2:
-        return logits
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = [padded[:, :, 0:32, 0:32], padded[:, :, 2:34, 2:34]]
-    return 0.5 * logits + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
 
 
 def evaluate(
@@ -109,14 +94,9 @@ def evaluate_checkpoint(
     arrays = load_arrays(dataset)
     n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
     x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
-    loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
-    with torch.no_grad(), autocast(device, autocast_dtype(device, cfg.precision)):
-        for x, y in eval_batches(x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
-                                 normalize=model_cfg.normalize, channels_last=cfg.channels_last):
-            logits = tta_logits(model, x, cfg.tta).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100).view(10, 10)
-    confusion_cpu = confusion.cpu()
+    loss_sum, confusion_cpu = score(model, x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
+                                    normalize=model_cfg.normalize, channels_last=cfg.channels_last, tta=cfg.tta,
+                                    amp_dtype=autocast_dtype(device, cfg.precision))
     per_class = (confusion_cpu.diag() / confusion_cpu.sum(1).clamp(min=1)).tolist()
     record = EvalRecord(
         loss=loss_sum / n, accuracy=confusion_cpu.diag().sum().item() / n, tta=cfg.tta, n_images=n,

@@ -14,9 +14,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # task function's own text, so the cache keys include these digests instead.
 CODE_PARTS = {
     "data": ["dataset.py"],
-    "train": ["training.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
+    "train": ["training.py", "scoring.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
               "models"],
-    "eval": ["evaluation.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "models"],
+    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "models"],
 }
 
 

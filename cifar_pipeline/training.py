@@ -15,7 +15,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,10 +40,12 @@ from .provenance import code_version
 from .runtime import (
     autocast, autocast_dtype, device_name, precision_name, resolve_device, tune_cpu_allocator,
 )
+from .scoring import score
 
 log = logging.getLogger(__name__)
 
 WHITENING_IMAGES = 5000  # airbench estimates the patch covariance from this many images
+LOSS_POINTS = 50  # points per epoch of the loss-by-step curve
 
 
 class EpochMetrics(BaseModel):
@@ -53,6 +57,12 @@ class EpochMetrics(BaseModel):
     data_seconds: float
     images_per_second: float
     at_chance: bool
+    # Mean loss of consecutive chunks of `loss_chunk` steps (about LOSS_POINTS per epoch): the curve by step.
+    step_losses: list[float] = []
+    loss_chunk: int = 1
+    # Accuracy and mean loss on the held-out validation split (validation_images > 0), else None.
+    val_accuracy: float | None = None
+    val_loss: float | None = None
 
 
 class TrainRecord(BaseModel):
@@ -116,69 +126,81 @@ def train(
         return record
 
 
+class TrainingData(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray  # empty unless cfg.validation_images > 0
+    y_val: np.ndarray
+
+
+def training_data(cfg: PipelineConfig, dataset: DatasetRecord) -> TrainingData:
+    """The images training sees: the training split (or its first `train_subset`), less a held-out
+    validation split of `validation_images` chosen by the seed, so every trial of a sweep holds out
+    the same images."""
+    arrays = load_arrays(dataset)
+    x, y = subset(arrays.x_train, arrays.y_train, cfg.train_subset)
+    n_val = cfg.validation_images
+    if n_val >= len(y):
+        raise ConfigError(f"validation_images {n_val} leaves no training images out of {len(y)}")
+    order = np.random.default_rng(cfg.seed).permutation(len(y)) if n_val else np.arange(len(y))
+    val, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return TrainingData(x[train_idx], y[train_idx], x[val], y[val])
+
+
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch (and through a checkpoint)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lookahead: Lookahead | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    resumed_from_epoch: int | None = None
+
+
 def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    arrays = load_arrays(dataset)
-    x_train, y_train = subset(arrays.x_train, arrays.y_train, cfg.train_subset)
+    data = training_data(cfg, dataset)
     batches = TrainBatches(
-        x_train, y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+        data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
         channels_last=cfg.channels_last,
     )
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(y_train)} training images")
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(data.y_train)} training images")
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     n_epochs = math.ceil(cfg.epochs)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width)
-    if hasattr(model, "init_from_data"):
-        scale, shift = normalizer(cfg.normalize)
-        sample = to_float(to_device_images(x_train[:WHITENING_IMAGES], "cpu"), scale, shift, False)
-        model.init_from_data(sample)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
-    optimizer = build_optimizer(model, cfg)
-    lookahead: Lookahead | None = None
-    history: list[EpochMetrics] = []
-    warnings: list[str] = []
-    start_epoch, step = 0, 0
-
+    run = _new_run(cfg, data.x_train, device)
     checkpoint_path = folder / "checkpoint.pt"
-    state = try_load_checkpoint(checkpoint_path, key)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("lookahead") is not None:
-            lookahead = Lookahead(model)
-            lookahead.load_state_dict(state["lookahead"])
-        history = [EpochMetrics.model_validate(h) for h in state["history"]]
-        warnings = list(state.get("warnings", []))
-        start_epoch, step = state["epoch"], state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        log.info("resuming training %s after epoch %d (step %d)", key, start_epoch, step)
+    _restore(run, checkpoint_path, key)
 
-    forward = model
+    forward = run.model
     if cfg.compile and device.type == "cuda":
-        forward = torch.compile(model)
+        forward = torch.compile(run.model)
     amp_dtype = autocast_dtype(device, cfg.precision)
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     show_bar = sys.stderr.isatty() if progress is None else progress
-    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    whiten_bias = getattr(getattr(run.model, "whiten", None), "bias", None)
 
-    for epoch in range(start_epoch, n_epochs):
+    for epoch in range(run.epoch, n_epochs):
         if whiten_bias is not None:
             whiten_bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
-        model.train()
+        run.model.train()
         batches.data_seconds = 0.0
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        epoch_steps = min(steps_per_epoch, total_steps - step)
+        epoch_steps = min(steps_per_epoch, total_steps - run.step)
+        chunk = max(1, epoch_steps // LOSS_POINTS)
+        chunk_losses: list[torch.Tensor] = []
         _sync(device)
         t0 = time.perf_counter()
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{n_epochs}", unit="step",
@@ -186,23 +208,15 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             if i >= epoch_steps:
                 break
-            factor = lr_factor(step, total_steps, cfg)
-            set_lr(optimizer, factor)
-            with autocast(device, amp_dtype):
-                out = forward(x)
-                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
+            factor = lr_factor(run.step, total_steps, cfg)
+            set_lr(run.optimizer, factor)
+            loss, out = _step(forward, run.optimizer, scaler, x, y, cfg, device, amp_dtype)
+            run.step += 1
             loss_sum += loss.detach() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
-            if lookahead is None and cfg.ema and epoch >= Lookahead.START_EPOCH and step % Lookahead.EVERY == 0:
-                lookahead = Lookahead(model)
-            elif lookahead is not None and step % Lookahead.EVERY == 0:
-                lookahead.update(model, lookahead.decay(step, total_steps))
+            chunk_losses.append(loss.detach())
+            _update_lookahead(run, cfg, epoch, total_steps)
             # On the CPU a check per step is free; on a GPU it would stall the queue, so check less often.
             if device.type == "cpu" or i % 50 == 0 or i == epoch_steps - 1:
                 value = loss.item()
@@ -211,10 +225,10 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
             bar.update(1)
         bar.close()
-        if lookahead is not None and step == total_steps:
+        if run.lookahead is not None and run.step == total_steps:
             # The trained weights are the average (airbench); mid-run the average lives in the
             # checkpoint beside the weights, so an epoch boundary does not throw steps away.
-            lookahead.update(model, decay=1.0)
+            run.lookahead.update(run.model, decay=1.0)
         _sync(device)
         seconds = time.perf_counter() - t0
         mean_loss = loss_sum.item() / max(seen, 1)
@@ -225,35 +239,113 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
             lr=cfg.lr * factor, seconds=seconds, data_seconds=batches.data_seconds,
             images_per_second=seen / seconds if seconds else 0.0,
             at_chance=health.is_at_chance(mean_loss),
+            step_losses=_chunk_means(chunk_losses, chunk), loss_chunk=chunk,
+            **_validate(run.model, data, cfg, device, amp_dtype),
         )
-        if metrics.at_chance:
-            message = health.chance_message(metrics.epoch, mean_loss)
-            log.warning(message)
-            warnings.append(message)
-        history.append(metrics)
-        save_checkpoint(checkpoint_path, {
-            "key": key, "epoch": epoch + 1, "step": step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "lookahead": lookahead.state_dict() if lookahead is not None else None,
-            "history": [h.model_dump() for h in history], "warnings": warnings,
-            "rng": {"torch": torch.get_rng_state()},
-            "config": cfg.model_dump(mode="json"),
-        })
-        log.info(
-            "epoch %d/%d  loss %.4f  train acc %.4f  %.1f s  (data %.2f s)  %.0f img/s",
-            metrics.epoch, n_epochs, metrics.loss, metrics.train_accuracy, metrics.seconds,
-            metrics.data_seconds, metrics.images_per_second,
-        )
+        _end_epoch(run, metrics, cfg, key, checkpoint_path, n_epochs)
         if on_epoch is not None:
             on_epoch(metrics, n_epochs)
 
     return TrainRecord(
         key=key, checkpoint=str(checkpoint_path), checkpoint_sha256=file_digest(checkpoint_path),
-        epochs=history, device=str(device), device_name=device_name(device),
+        epochs=run.history, device=str(device), device_name=device_name(device),
         precision=precision_name(amp_dtype),
-        parameters=count_parameters(model), train_images=len(y_train), steps=step,
-        train_seconds=sum(h.seconds for h in history),
-        resumed_from_epoch=state["epoch"] if state is not None else None, warnings=warnings,
+        parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
+        train_seconds=sum(h.seconds for h in run.history),
+        resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
+    )
+
+
+def _new_run(cfg: PipelineConfig, x_train: np.ndarray, device: torch.device) -> _Run:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.width)
+    if hasattr(model, "init_from_data"):
+        scale, shift = normalizer(cfg.normalize)
+        sample = to_float(to_device_images(x_train[:WHITENING_IMAGES], "cpu"), scale, shift, False)
+        model.init_from_data(sample)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    return _Run(model=model, optimizer=build_optimizer(model, cfg))
+
+
+def _restore(run: _Run, checkpoint_path: Path, key: str) -> None:
+    """Continue from the last epoch checkpoint of this configuration, if there is one."""
+    state = try_load_checkpoint(checkpoint_path, key)
+    if state is None:
+        return
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("lookahead") is not None:
+        run.lookahead = Lookahead(run.model)
+        run.lookahead.load_state_dict(state["lookahead"])
+    run.history = [EpochMetrics.model_validate(h) for h in state["history"]]
+    run.warnings = list(state.get("warnings", []))
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.resumed_from_epoch = state["epoch"]
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resuming training %s after epoch %d (step %d)", key, run.epoch, run.step)
+
+
+def _step(forward, optimizer, scaler, x, y, cfg, device, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step, in the order the seed blog's checklist asks: zero_grad, backward, step."""
+    with autocast(device, amp_dtype):
+        out = forward(x)
+        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, out
+
+
+def _update_lookahead(run: _Run, cfg: PipelineConfig, epoch: int, total_steps: int) -> None:
+    if run.step % Lookahead.EVERY:
+        return
+    if run.lookahead is None and cfg.ema and epoch >= Lookahead.START_EPOCH:
+        run.lookahead = Lookahead(run.model)
+    elif run.lookahead is not None:
+        run.lookahead.update(run.model, run.lookahead.decay(run.step, total_steps))
+
+
+def _chunk_means(losses: list[torch.Tensor], chunk: int) -> list[float]:
+    if not losses:
+        return []
+    values = torch.stack(losses).float().cpu()
+    return [round(c.mean().item(), 5) for c in values.split(chunk)]
+
+
+def _validate(model, data: TrainingData, cfg: PipelineConfig, device, amp_dtype) -> dict[str, float]:
+    if not len(data.y_val):
+        return {}
+    loss_sum, confusion = score(model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size, device=device,
+                                normalize=cfg.normalize, channels_last=cfg.channels_last, tta=0,
+                                amp_dtype=amp_dtype)
+    n = len(data.y_val)
+    return {"val_loss": loss_sum / n, "val_accuracy": confusion.diag().sum().item() / n}
+
+
+def _end_epoch(run: _Run, metrics: EpochMetrics, cfg: PipelineConfig, key: str, checkpoint_path: Path,
+               n_epochs: int) -> None:
+    """Record the epoch, warn at chance level, and checkpoint: what a killed run resumes from."""
+    if metrics.at_chance:
+        message = health.chance_message(metrics.epoch, metrics.loss)
+        log.warning(message)
+        run.warnings.append(message)
+    run.history.append(metrics)
+    run.epoch = metrics.epoch
+    save_checkpoint(checkpoint_path, {
+        "key": key, "epoch": run.epoch, "step": run.step,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
+        "history": [h.model_dump() for h in run.history], "warnings": run.warnings,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": cfg.model_dump(mode="json"),
+    })
+    val = f"  val acc {metrics.val_accuracy:.4f}" if metrics.val_accuracy is not None else ""
+    log.info(
+        "epoch %d/%d  loss %.4f  train acc %.4f%s  %.1f s  (data %.2f s)  %.0f img/s",
+        metrics.epoch, n_epochs, metrics.loss, metrics.train_accuracy, val, metrics.seconds,
+        metrics.data_seconds, metrics.images_per_second,
     )
 
 

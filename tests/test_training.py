@@ -136,3 +136,37 @@ def test_a_changed_checkpoint_is_refused_by_evaluation(tiny_dataset, tmp_path):
         f.write(b"tampered")
     with pytest.raises(IntegrityError, match="refusing to evaluate"):
         evaluate(cfg, trained, record, tmp_path)
+
+
+def test_validation_split_is_held_out_fixed_by_the_seed_and_scored_each_epoch(tiny_dataset, tmp_path):
+    from cifar_pipeline.dataset import load_arrays
+    from cifar_pipeline.training import training_data
+
+    record, _ = tiny_dataset
+    cfg = PipelineConfig(preset="smoke", **SHRUNK["smoke"], validation_images=50).resolved({})
+    data = training_data(cfg, record)
+    assert (len(data.y_train), len(data.y_val)) == (150, 50)
+    again = training_data(cfg, record)
+    assert (again.x_val == data.x_val).all()
+    other_seed = training_data(cfg.model_copy(update={"seed": 1}), record)
+    assert not (other_seed.x_val == data.x_val).all()
+    # Held out means absent from training: every image of the split lands on exactly one side.
+    rows = {img.tobytes() for img in load_arrays(record).x_train}
+    train_rows, val_rows = {i.tobytes() for i in data.x_train}, {i.tobytes() for i in data.x_val}
+    assert not train_rows & val_rows and train_rows | val_rows == rows
+
+    result = train(cfg, record, tmp_path, progress=False)
+    assert result.train_images == 150
+    assert all(e.val_accuracy is not None and 0 <= e.val_accuracy <= 1 and e.val_loss > 0 for e in result.epochs)
+    plain = train(PipelineConfig(preset="smoke", **SHRUNK["smoke"]).resolved({}), record, tmp_path, progress=False)
+    assert all(e.val_accuracy is None for e in plain.epochs) and plain.train_images == 200
+
+
+def test_loss_by_step_is_recorded_in_chunks_that_average_to_the_epoch_loss(tiny_dataset, tmp_path):
+    record, _ = tiny_dataset
+    cfg = PipelineConfig(preset="smoke", **SHRUNK["smoke"]).resolved({})
+    epoch = train(cfg, record, tmp_path, progress=False).epochs[0]
+    steps = 200 // 32
+    assert epoch.loss_chunk == 1 and len(epoch.step_losses) == steps
+    # The epoch's loss is the image-weighted mean of the steps; all batches here hold 32 images.
+    assert sum(epoch.step_losses) / steps == pytest.approx(epoch.loss, rel=1e-3)
