@@ -16,6 +16,7 @@ import typing
 from typing import Any, NoReturn
 
 from cifar_pipeline import layout
+from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PRESETS, PipelineConfig, validate_config
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.errors import ConfigError, PipelineError
@@ -74,6 +75,7 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     values = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
     requested = validate_config(values)
     cfg = requested.resolved()  # validate the merged values now, before anything starts
+    check_access(cfg)
     check_sources(cfg.sources(), cfg.md5, layout.cache_dir(cfg))
     return requested
 

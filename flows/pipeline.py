@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
+from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.files import atomic_write_json
@@ -67,6 +68,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     """
     t0 = time.perf_counter()
     cfg = config.resolved()
+    check_access(cfg)  # the worker's allowed folders and hosts, before anything is read or written
     cache = layout.cache_dir(cfg)
     sources = cfg.sources()
     check_sources(sources, cfg.md5, cache)

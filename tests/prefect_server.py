@@ -39,7 +39,9 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 class PrefectServer:
-    def __init__(self, home: Path) -> None:
+    """`ui=True` serves the web UI too; `database` replaces the SQLite file with another URL (PostgreSQL)."""
+
+    def __init__(self, home: Path, *, ui: bool = False, database: str | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
@@ -47,9 +49,15 @@ class PrefectServer:
             **os.environ,
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": self.url,
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": database or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true" if ui else "false",
+            # The browser asks this address for the API; without it a port other than 4200 shows
+            # "Unable to connect to Prefect server".
+            "PREFECT_UI_API_URL": self.url,
+            # The scheduler would add Scheduled runs of the nightly deployment at moments the tests do
+            # not control (and a worker would start them near 02:00 UTC); the schedule itself is kept.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         }

@@ -49,9 +49,11 @@ def deployed(api):
 
 
 @pytest.fixture(scope="module")
-def worker(deployed):
+def worker(deployed, tmp_path_factory):
+    # As on a shared server: runs may only touch the test's temporary folders (archive, outputs).
+    env = {**deployed.env, "CIFAR_PIPELINE_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp())}
     proc = start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", "2"],
-                 deployed.env, deployed.home / "worker.log", cwd=ROOT)
+                 env, deployed.home / "worker.log", cwd=ROOT)
     yield proc
     stop(proc)
 
@@ -101,16 +103,40 @@ def test_prefect_yaml_creates_a_scheduled_nightly_and_an_on_demand_deployment(de
     assert all(f.get("description") for f in fields.values())
 
 
+def on_demand_runs() -> list:
+    """Runs of the on-demand deployment only: what a test caused, not what background services add."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with _client() as client:
+        dep = client.read_deployment_by_name("cifar-pipeline/on-demand")
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
 def test_bad_parameter_from_the_api_is_rejected_before_any_run(deployed):
     from prefect.deployments import run_deployment
 
-    with _client() as client:
-        before = len(client.read_flow_runs())
+    before = len(on_demand_runs())
     with pytest.raises(Exception, match=r"config\.epochs.*minimum"):
         run_deployment("cifar-pipeline/on-demand", parameters={"config": {"preset": "smoke", "epochs": 0}},
                        timeout=0)
-    with _client() as client:
-        assert len(client.read_flow_runs()) == before
+    assert len(on_demand_runs()) == before
+
+
+@pytest.mark.parametrize("config", [{"output_dir": "/etc"}, {"source": ["file:///etc/passwd"]}])
+def test_values_outside_the_workers_allowed_roots_fail_at_once_and_write_nothing(worker, config, tmp_path,
+                                                                                 tmp_path_factory):
+    from prefect.deployments import run_deployment
+
+    values = {"preset": "smoke", "output_dir": str(tmp_path), **config}
+    run = run_deployment("cifar-pipeline/on-demand", parameters={"config": values}, timeout=400)
+    assert run.state.is_failed()
+    message = run.state.message
+    field = "source" if "source" in config else "output_dir"
+    assert f"{field} = {values[field] if field == 'output_dir' else values[field][0]!r}" in message
+    assert "is outside the folders this worker allows" in message and "\n" not in message
+    assert str(tmp_path_factory.getbasetemp()) in message
+    assert list(tmp_path.iterdir()) == []  # as root the tests could write to /etc: nothing went there either
+    assert not Path("/etc/cache").exists() and not Path("/etc/runs").exists()
 
 
 def test_ui_run_executes_on_the_worker_and_the_champion_is_kept(worker, deployed, tmp_path):
