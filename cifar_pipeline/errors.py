@@ -49,3 +49,14 @@ class ImageError(PipelineError):
     def __init__(self, path: object, reason: str, detail: str = ""):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
         self.path, self.reason, self.detail = str(path), reason, detail
+
+
+class BadImagesError(PipelineError):
+    """Extra training images that cannot be used, with bad_images = fail."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(
+            f"{len(problems)} bad extra image file(s); nothing was cached (set bad_images to skip, "
+            "--bad-images skip, to leave them out): " + "; ".join(problems)
+        )
+        self.problems = problems
