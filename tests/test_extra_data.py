@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,102 @@ def test_bad_images_are_skipped_and_listed_with_the_reason(archive_images, tmp_p
 def test_missing_folder_is_a_config_error(tmp_path, archive_images):
     with pytest.raises(ConfigError, match="extra_data folder does not exist: /no/such/folder"):
         scan_folders(["/no/such/folder"], archive_images[2])
+
+
+# ---------------------------------------------------------------------------- in the flow
+
+TINY = dict(preset="smoke", train_subset=0, test_subset=0, batch_size=32, width=8, epochs=1, retry_delay_s=0)
+
+
+def run_flow(**values):
+    from flows.pipeline import cifar_pipeline
+
+    return cifar_pipeline(config=PipelineConfig(**{**TINY, **values}))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_nightly_unchanged_folder_is_cached_and_a_grown_one_retrains(archive_images, tiny_archive, tmp_path,
+                                                                      monkeypatch):
+    import json
+
+    x, y, classes = archive_images
+    path, md5 = tiny_archive
+    folder = tmp_path / "extra"
+    write_folder(folder, x[:20], y[:20], classes)
+    common = dict(source=[str(path)], md5=md5, output_dir=str(tmp_path / "out"), extra_data=[str(folder)])
+
+    first = run_flow(**common)
+    assert first.tasks["extra-data"] == "Completed" and first.tasks["train"] == "Completed"
+    assert not first.unchanged
+    trained = json.loads(next((tmp_path / "out/cache/training").glob("*/record.json")).read_text())
+    assert trained["train_images"] == 200 + 20
+    report = Path(first.report).read_text()
+    assert "## Extra training images" in report and f"1. `{folder}`" in report
+    assert re.search(r"\| all +\| +200 \| +20 \| +220 \|", report)  # archive, the folder, total
+    checkpoint = Path(first.checkpoint)
+    mtime = checkpoint.stat().st_mtime_ns
+
+    second = run_flow(**common)
+    assert second.tasks == {"download": "Cached", "build-dataset": "Cached", "scan-extra-data": "Completed",
+                            "extra-data": "Cached", "train": "Cached", "evaluate": "Cached",
+                            "promote": "Completed", "report": "Completed"}
+    assert second.unchanged and second.note.startswith("nothing changed")
+    assert second.note in Path(second.report).read_text()
+    assert checkpoint.stat().st_mtime_ns == mtime
+
+    decoded = []
+    real = extra_data.decode_image
+    monkeypatch.setattr(extra_data, "decode_image", lambda p, **kw: decoded.append(Path(p)) or real(p, **kw))
+    added = write_folder(folder, x[20:21], y[20:21], classes, start=20)
+    third = run_flow(**common)
+    assert decoded == added
+    assert third.tasks["extra-data"] == "Completed" and third.tasks["train"] == "Completed"
+    assert third.tasks["evaluate"] == "Completed" and third.tasks["build-dataset"] == "Cached"
+    assert not third.unchanged and "train" in third.note
+    assert third.checkpoint != first.checkpoint
+    report = Path(third.report).read_text()
+    assert "decoded 1 file(s) and reused 20" in report and "## Champion" in report
+    assert "on 100 test images" in report  # the archive's test split, as before
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_flow_skips_bad_images_and_lists_them_in_the_report(archive_images, tiny_archive, tmp_path):
+    x, y, classes = archive_images
+    path, md5 = tiny_archive
+    folder = tmp_path / "extra"
+    write_folder(folder, x[:5], y[:5], classes)
+    (folder / classes[0]).mkdir(exist_ok=True)
+    (folder / classes[0] / "empty.png").write_bytes(b"")
+    common = dict(source=[str(path)], md5=md5, output_dir=str(tmp_path / "out"), extra_data=[str(folder)])
+
+    from flows.pipeline import cifar_pipeline
+
+    state = cifar_pipeline(config=PipelineConfig(**{**TINY, **common}), return_state=True)
+    assert state.is_failed()
+    assert f"{folder / classes[0] / 'empty.png'}: empty file" in str(state.result(raise_on_failure=False))
+    assert not (tmp_path / "out/cache/training").exists()
+
+    summary = run_flow(bad_images="skip", **common)
+    report = Path(summary.report).read_text()
+    assert "**1 file(s) skipped** (`bad_images = skip`)" in report
+    assert f"- `{folder / classes[0] / 'empty.png'}`: empty file" in report
+
+
+def test_cli_refuses_a_missing_folder_before_anything_starts(tmp_path, tiny_archive):
+    import json
+    import subprocess
+    import sys
+
+    path, md5 = tiny_archive
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--preset", "smoke", "--source", str(path), "--md5", md5,
+         "--output", str(tmp_path / "out"), "--extra-data", str(tmp_path / "missing")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: extra_data folder does not exist: {tmp_path / 'missing'}"]
+    assert json.loads(proc.stdout.splitlines()[-1])["status"] == "failed"
+    assert not (tmp_path / "out").exists()
