@@ -276,6 +276,11 @@ def _load(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray, list[str], n
     return data["x"], data["y"], list(data["sha256"]), data["flags"]
 
 
+def training_digest(record: ExtraDataRecord | None) -> str | None:
+    """What the training key includes: None without extra images, so an empty folder changes nothing."""
+    return record.digest if record is not None and record.n_images else None
+
+
 def load_extra(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray]:
     """The decoded images (N, 32, 32, 3) uint8 and their labels (N,) int64."""
     x, y, _, _ = _load(record)

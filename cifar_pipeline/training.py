@@ -33,7 +33,7 @@ from .checkpoint import save_checkpoint, try_load_checkpoint
 from .config import PipelineConfig
 from .dataset import DatasetRecord, load_arrays
 from .errors import ConfigError, TrainingDiverged
-from .extra_data import ExtraDataRecord, load_extra
+from .extra_data import ExtraDataRecord, load_extra, training_digest
 from .files import atomic_write_json, file_digest, remove_temp_files
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
@@ -110,7 +110,7 @@ def train(
     progress: bool | None = None,
     extra: ExtraDataRecord | None = None,
 ) -> TrainRecord:
-    key = training_key(cfg, dataset.archive_md5, extra.digest if extra else None)
+    key = training_key(cfg, dataset.archive_md5, training_digest(extra))
     folder = training_dir(cache_dir, key)
     folder.mkdir(parents=True, exist_ok=True)
     # Two runs with the same configuration train once: the second waits, then reuses the result.

@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from cifar_pipeline.evaluation import evaluation_key
-from cifar_pipeline.extra_data import extra_data_key as _extra_key
+from cifar_pipeline.extra_data import extra_data_key as _extra_key, training_digest
 from cifar_pipeline.provenance import code_version
 from cifar_pipeline.training import training_key
 
@@ -29,8 +29,8 @@ def extra_data_key(_ctx: Any, params: dict[str, Any]) -> str:
 
 
 def train_key(_ctx: Any, params: dict[str, Any]) -> str:
-    extra = params.get("extra")
-    return "train-" + training_key(params["config"], params["dataset"].archive_md5, extra.digest if extra else None)
+    digest = training_digest(params.get("extra"))
+    return "train-" + training_key(params["config"], params["dataset"].archive_md5, digest)
 
 
 def evaluate_key(_ctx: Any, params: dict[str, Any]) -> str:

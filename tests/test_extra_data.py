@@ -259,3 +259,11 @@ def test_cli_refuses_a_missing_folder_before_anything_starts(tmp_path, tiny_arch
     assert proc.stderr.strip().splitlines() == [f"error: extra_data folder does not exist: {tmp_path / 'missing'}"]
     assert json.loads(proc.stdout.splitlines()[-1])["status"] == "failed"
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_folder_keeps_the_training_key(archive_images, tmp_path):
+    from cifar_pipeline.extra_data import training_digest
+
+    (tmp_path / "extra").mkdir()
+    record = build(tmp_path / "extra", archive_images[2], tmp_path / "cache")
+    assert record.n_images == 0 and training_digest(record) is None
