@@ -253,16 +253,16 @@ def _source_differs(path: Path) -> tuple[bool, bool]:
 
 def _previous_decodes(root: Path, exclude: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decoded images of the most recent other manifest, by source file sha256 (empty if none)."""
-    records = sorted((p for p in root.glob("*/record.json") if p.parent != exclude),
-                     key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for path in records[:1]:
-        try:
-            x, _, hashes, flags = _load(ExtraDataRecord.model_validate_json(path.read_text()))
-        except (IntegrityError, OSError, ValueError) as exc:
-            log.warning("extra data: not reusing %s: %s", path.parent, exc)
-            return {}
-        return {h: (x[i], flags[i]) for i, h in enumerate(hashes)}
-    return {}
+    records = [p for p in root.glob("*/record.json") if p.parent != exclude]
+    if not records:
+        return {}
+    latest = max(records, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        x, _, hashes, flags = _load(ExtraDataRecord.model_validate_json(latest.read_text()))
+    except (IntegrityError, OSError, ValueError) as exc:
+        log.warning("extra data: not reusing %s: %s", latest.parent, exc)
+        return {}
+    return {h: (x[i], flags[i]) for i, h in enumerate(hashes)}
 
 
 def _load(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:

@@ -267,3 +267,17 @@ def test_empty_folder_keeps_the_training_key(archive_images, tmp_path):
     (tmp_path / "extra").mkdir()
     record = build(tmp_path / "extra", archive_images[2], tmp_path / "cache")
     assert record.n_images == 0 and training_digest(record) is None
+
+
+def test_damaged_cache_is_never_loaded_and_is_rebuilt(archive_images, tmp_path):
+    x, y, classes = archive_images
+    folder = tmp_path / "extra"
+    write_folder(folder, x[:4], y[:4], classes)
+    first = build(folder, classes, tmp_path / "cache")
+    Path(first.path).write_bytes(b"not what was written")
+    write_folder(folder, x[4:5], y[4:5], classes, start=4)
+    grown = build(folder, classes, tmp_path / "cache")
+    assert (grown.decoded, grown.reused) == (5, 0)  # the damaged file was not reused
+    (folder / classes[y[4]] / "batch-0" / "img_0004.png").unlink()
+    again = build(folder, classes, tmp_path / "cache")  # same manifest as the first: rebuilt, not loaded
+    assert again.key == first.key and again.reused == 4 and load_extra(again)[0].shape == (4, 32, 32, 3)
