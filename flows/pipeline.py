@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import Task, flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
@@ -106,8 +107,9 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     extra = None
     if cfg.extra_data:
         manifest = steps.run(scan_extra_data_task, folders=cfg.extra_data, classes=dataset.classes)
-        extra = steps.run(extra_data_task, manifest=manifest, policy=cfg.bad_images, max_pixels=cfg.max_image_pixels,
-                          cache_dir=str(cache))
+        # quote: Prefect would otherwise walk every entry of a large manifest looking for futures.
+        extra = steps.run(extra_data_task, manifest=quote(manifest), policy=cfg.bad_images,
+                          max_pixels=cfg.max_image_pixels, cache_dir=str(cache))
     trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
