@@ -93,6 +93,10 @@ class PipelineConfig(BaseModel):
     bad_images: Opt(Literal["fail", "skip"]) = _field(
         "data", "An unreadable extra image: fail (stop, naming every bad file) or skip (listed in the report)."
     )
+    max_image_pixels: Opt(int, ge=1, le=1_000_000_000) = _field(
+        "data", "Largest extra image accepted, in pixels (width x height); a larger one is a bad image "
+        "(decompression bombs)."
+    )
     train_subset: Opt(int, ge=0, le=50000) = _field("train", "Train on the first N training images (0 = all 50000).")
     validation_images: Opt(int, ge=0, le=49000) = _field(
         "train", "Hold out N training images (fixed by the seed) as a validation split; 0 = none."

@@ -14,6 +14,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # task function's own text, so the cache keys include these digests instead.
 CODE_PARTS = {
     "data": ["dataset.py"],
+    "extra": ["extra_data.py", "image_files.py"],
     "train": ["training.py", "scoring.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
               "models"],
     "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "models"],

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -16,11 +17,12 @@ from .config import PipelineConfig
 from .dataset import DatasetRecord
 from .download import ArchiveRecord
 from .evaluation import EvalRecord
+from .extra_data import ExtraDataRecord
 from .files import atomic_write_text
 from .plots import plot_confusion, plot_curves, plot_history
 from .provenance import versions
 from .registry import PromotionDecision, read_history
-from .training import TrainRecord
+from .training import TrainRecord, training_data
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
 
@@ -66,6 +68,9 @@ def write_report(
     timings: dict[str, float],
     states: dict[str, str] | None = None,
     decision: PromotionDecision | None = None,
+    *,
+    extra: ExtraDataRecord | None = None,
+    note: str = "",
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,8 @@ def write_report(
     overrides = requested.overrides()
     values = {
         "champion_section": champion_section(decision, run_dir),
+        "note": f"_{note}._\n" if note else "",
+        "extra_section": extra_section(cfg, dataset, extra),
         "run_id": run_id,
         "accuracy": f"{evaluated.accuracy:.2%}",
         "test_loss": f"{evaluated.loss:.4f}",
@@ -136,6 +143,29 @@ def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:
         plot_history([f"{t[5:16]} {r[-8:]}" for t, r in zip(history["finished_at"], history["run_id"])],
                      history["test_accuracy"], history["promoted"].astype(bool), run_dir / "history.png")
         lines += ["![Recent runs](history.png)", ""]
+    return "\n".join(lines)
+
+
+def extra_section(cfg: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None) -> str:
+    """Images per class from the archive and from each extra folder, and the files left out."""
+    if extra is None:
+        return ""
+    archive = np.bincount(training_data(cfg, dataset).y_train, minlength=len(extra.classes))
+    frame = pd.DataFrame({"class": extra.classes, "archive": archive})
+    for i, (folder, counts) in enumerate(zip(extra.folders, extra.counts)):
+        frame[f"{i + 1}: {Path(folder).name}"] = counts
+    frame["total"] = frame.drop(columns="class").sum(axis=1)
+    frame.loc[len(frame)] = ["all", *frame.drop(columns="class").sum()]
+    folders = "".join(f"{i + 1}. `{folder}`\n" for i, folder in enumerate(extra.folders))
+    lines = ["## Extra training images", "",
+             f"{extra.n_images} images from {len(extra.folders)} folder(s) were added to the training split; the "
+             "validation split and the test set are the archive's. "
+             f"{extra.resized} were resized to 32x32 and {extra.converted} converted to RGB; building this data "
+             f"decoded {extra.decoded} file(s) and reused {extra.reused} decoded for an earlier run. "
+             f"Digest `{extra.digest}`.", "", folders, _table(frame), ""]
+    if extra.skipped:
+        lines += [f"**{len(extra.skipped)} file(s) skipped** (`bad_images = {extra.policy}`):", ""]
+        lines += [f"- `{b.path}`: {b.reason}" for b in extra.skipped] + [""]
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ from .checkpoint import save_checkpoint, try_load_checkpoint
 from .config import PipelineConfig
 from .dataset import DatasetRecord, load_arrays
 from .errors import ConfigError, TrainingDiverged
+from .extra_data import ExtraDataRecord, load_extra, training_digest
 from .files import atomic_write_json, file_digest, remove_temp_files
 from .models import build_model, count_parameters
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
@@ -84,11 +85,11 @@ class TrainRecord(BaseModel):
 EpochCallback = Callable[[EpochMetrics, int], None]
 
 
-def training_key(cfg: PipelineConfig, data_md5: str) -> str:
-    blob = json.dumps(
-        {"data": data_md5, "train": cfg.group("train"), "code": code_version("train")},
-        sort_keys=True,
-    )
+def training_key(cfg: PipelineConfig, data_md5: str, extra_digest: str | None = None) -> str:
+    parts = {"data": data_md5, "train": cfg.group("train"), "code": code_version("train")}
+    if extra_digest:  # only then: runs without extra images keep their keys
+        parts["extra"] = extra_digest
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -107,8 +108,9 @@ def train(
     *,
     on_epoch: EpochCallback | None = None,
     progress: bool | None = None,
+    extra: ExtraDataRecord | None = None,
 ) -> TrainRecord:
-    key = training_key(cfg, dataset.archive_md5)
+    key = training_key(cfg, dataset.archive_md5, training_digest(extra))
     folder = training_dir(cache_dir, key)
     folder.mkdir(parents=True, exist_ok=True)
     # Two runs with the same configuration train once: the second waits, then reuses the result.
@@ -121,7 +123,7 @@ def train(
             if Path(record.checkpoint).exists() and file_digest(record.checkpoint) == record.checkpoint_sha256:
                 log.info("training %s already finished; reusing %s", key, record.checkpoint)
                 return record
-        record = _train(cfg, dataset, key, folder, on_epoch, progress)
+        record = _train(cfg, dataset, key, folder, on_epoch, progress, extra)
         atomic_write_json(record_path, record.model_dump())
         return record
 
@@ -133,10 +135,10 @@ class TrainingData(NamedTuple):
     y_val: np.ndarray
 
 
-def training_data(cfg: PipelineConfig, dataset: DatasetRecord) -> TrainingData:
+def training_data(cfg: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None = None) -> TrainingData:
     """The images training sees: the training split (or its first `train_subset`), less a held-out
     validation split of `validation_images` chosen by the seed, so every trial of a sweep holds out
-    the same images."""
+    the same images; then the extra images, if any (never in the validation split)."""
     arrays = load_arrays(dataset)
     x, y = subset(arrays.x_train, arrays.y_train, cfg.train_subset)
     n_val = cfg.validation_images
@@ -144,7 +146,11 @@ def training_data(cfg: PipelineConfig, dataset: DatasetRecord) -> TrainingData:
         raise ConfigError(f"validation_images {n_val} leaves no training images out of {len(y)}")
     order = np.random.default_rng(cfg.seed).permutation(len(y)) if n_val else np.arange(len(y))
     val, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return TrainingData(x[train_idx], y[train_idx], x[val], y[val])
+    x_train, y_train = x[train_idx], y[train_idx]
+    if extra is not None and extra.n_images:
+        x_extra, y_extra = load_extra(extra)
+        x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
+    return TrainingData(x_train, y_train, x[val], y[val])
 
 
 @dataclass
@@ -161,11 +167,11 @@ class _Run:
     resumed_from_epoch: int | None = None
 
 
-def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
+def _train(cfg, dataset, key, folder, on_epoch, progress, extra=None) -> TrainRecord:
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    data = training_data(cfg, dataset)
+    data = training_data(cfg, dataset, extra)
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,

@@ -20,6 +20,7 @@ from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PRESETS, PipelineConfig, validate_config
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.errors import ConfigError, PipelineError
+from cifar_pipeline.extra_data import check_folders
 
 # Offline machines: the local server's telemetry would log a DNS error on every start, and a cold
 # start on 2 cores (database migrations) can exceed Prefect's 20 s default.
@@ -77,6 +78,7 @@ def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     cfg = requested.resolved()  # validate the merged values now, before anything starts
     check_access(cfg)
     check_sources(cfg.sources(), cfg.md5, layout.cache_dir(cfg))
+    check_folders(cfg.extra_data)
     return requested
 
 

@@ -8,14 +8,22 @@ from typing import Any
 
 from prefect import Task, flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
+from cifar_pipeline.extra_data import check_folders
 from cifar_pipeline.files import atomic_write_json
-from tasks import build_dataset_task, download_task, evaluate_task, promote_task, report_task, train_task
+from tasks import (
+    build_dataset_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
+    scan_extra_data_task, train_task,
+)
+
+# Tasks whose work a cache hit saves; when all of them are Cached, the run changed nothing.
+EXPENSIVE = ("download", "build-dataset", "extra-data", "train", "evaluate")
 
 
 class RunSummary(BaseModel):
@@ -30,6 +38,8 @@ class RunSummary(BaseModel):
     run_dir: str
     tasks: dict[str, str]
     seconds: float
+    unchanged: bool = False  # same data, config and code as an earlier run: nothing was trained
+    note: str = ""
 
 
 class _Steps:
@@ -55,6 +65,15 @@ class _Steps:
         return result
 
 
+def change_note(states: dict[str, str]) -> tuple[bool, str]:
+    """One line saying whether this run did any work a cache hit would have saved."""
+    ran = [name for name in EXPENSIVE if name in states and states[name] != "Cached"]
+    if not ran:
+        return True, ("nothing changed (same data, config and code as an earlier run): every expensive task was "
+                      "Cached, nothing was trained")
+    return False, f"new work: {', '.join(ran)} ran" + ("" if "train" in ran else "; the model was not retrained")
+
+
 def _missing_files(record: Any) -> bool:
     paths = [getattr(record, name, None) for name in ("path", "checkpoint")]
     return any(p is not None and not Path(p).exists() for p in paths)
@@ -72,6 +91,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     cache = layout.cache_dir(cfg)
     sources = cfg.sources()
     check_sources(sources, cfg.md5, cache)
+    check_folders(cfg.extra_data)
     run_id = layout.new_run_id(flow_run.get_id() or "local")
     run_dir = layout.run_dir(cfg, run_id)
     logger = get_run_logger()
@@ -86,20 +106,28 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache),
                         timeout=cfg.download_timeout_s)
     dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
-    trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
+    extra = None
+    if cfg.extra_data:
+        manifest = steps.run(scan_extra_data_task, folders=cfg.extra_data, classes=dataset.classes)
+        # quote: Prefect would otherwise walk every entry of a large manifest looking for futures.
+        extra = steps.run(extra_data_task, manifest=quote(manifest), policy=cfg.bad_images,
+                          max_pixels=cfg.max_image_pixels, cache_dir=str(cache))
+    trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)
+    unchanged, note = change_note(steps.states)
+    logger.info(note)
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
-        decision=decision,
+        decision=decision, extra=extra, note=note,
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,
         promoted=decision.promoted, champion_accuracy=decision.champion_accuracy,
         report=report.path, checkpoint=trained.checkpoint, run_dir=str(run_dir), tasks=steps.states,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, unchanged=unchanged, note=note,
     )
     atomic_write_json(run_dir / "summary.json", summary.model_dump())
     logger.info("test accuracy %.2f%%; report at %s", 100 * evaluated.accuracy, report.path)

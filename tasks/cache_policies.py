@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 from cifar_pipeline.evaluation import evaluation_key
+from cifar_pipeline.extra_data import extra_data_key as _extra_key, training_digest
 from cifar_pipeline.provenance import code_version
 from cifar_pipeline.training import training_key
 
@@ -23,8 +24,13 @@ def dataset_key(_ctx: Any, params: dict[str, Any]) -> str:
     return f"dataset-{params['archive'].md5}-{code_version('data')}"
 
 
+def extra_data_key(_ctx: Any, params: dict[str, Any]) -> str:
+    return "extra-" + _extra_key(params["manifest"], params["policy"], params["max_pixels"])
+
+
 def train_key(_ctx: Any, params: dict[str, Any]) -> str:
-    return "train-" + training_key(params["config"], params["dataset"].archive_md5)
+    digest = training_digest(params.get("extra"))
+    return "train-" + training_key(params["config"], params["dataset"].archive_md5, digest)
 
 
 def evaluate_key(_ctx: Any, params: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.dataset import DatasetRecord
 from cifar_pipeline.download import ArchiveRecord
 from cifar_pipeline.evaluation import EvalRecord
+from cifar_pipeline.extra_data import ExtraDataRecord
 from cifar_pipeline.registry import PromotionDecision
 from cifar_pipeline.report import ReportRecord, inline_images, write_report
 from cifar_pipeline.training import TrainRecord
@@ -16,10 +17,10 @@ from cifar_pipeline.training import TrainRecord
 def report_task(
     run_dir: str, run_id: str, cfg: PipelineConfig, requested: PipelineConfig, archive: ArchiveRecord,
     dataset: DatasetRecord, trained: TrainRecord, evaluated: EvalRecord, timings: dict[str, float],
-    states: dict[str, str], decision: PromotionDecision,
+    states: dict[str, str], decision: PromotionDecision, extra: ExtraDataRecord | None = None, note: str = "",
 ) -> ReportRecord:
     report = write_report(run_dir, run_id, cfg, requested, archive, dataset, trained, evaluated, timings, states,
-                          decision)
+                          decision, extra=extra, note=note)
     create_markdown_artifact(inline_images(report.markdown, report.run_dir), key="cifar-report",
                              description=f"Run {run_id}: test accuracy {evaluated.accuracy:.2%}")
     create_table_artifact(evaluated.per_class_frame().to_dict(orient="records"), key="cifar-per-class",

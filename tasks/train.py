@@ -4,6 +4,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.dataset import DatasetRecord
 from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.extra_data import ExtraDataRecord
 from cifar_pipeline.training import EpochMetrics, TrainRecord, train
 
 from .cache_policies import train_key
@@ -28,10 +29,12 @@ def retry_unless_expected(_task, _task_run, state) -> bool:
     retry_condition_fn=retry_unless_expected,
     task_run_name="train-{config.model}-{config.epochs}ep",
 )
-def train_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str) -> TrainRecord:
+def train_task(
+    config: PipelineConfig, dataset: DatasetRecord, cache_dir: str, extra: ExtraDataRecord | None = None
+) -> TrainRecord:
     progress = create_progress_artifact(0.0, description="Training progress (epochs done)")
 
     def on_epoch(metrics: EpochMetrics, total: int) -> None:
         update_progress_artifact(progress, 100.0 * metrics.epoch / total)
 
-    return train(config, dataset, cache_dir, on_epoch=on_epoch)
+    return train(config, dataset, cache_dir, on_epoch=on_epoch, extra=extra)
