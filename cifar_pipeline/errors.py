@@ -38,3 +38,14 @@ class IntegrityError(PipelineError):
 
 class TrainingDiverged(PipelineError):
     """The loss became NaN or infinite."""
+
+
+class ImageError(PipelineError):
+    """An image file cannot be used: empty, corrupt, truncated, not an image, 16-bit or too large.
+
+    `reason` is a short fixed phrase (for error rows and counts); the message also names the file.
+    """
+
+    def __init__(self, path: object, reason: str, detail: str = ""):
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.path, self.reason, self.detail = str(path), reason, detail
