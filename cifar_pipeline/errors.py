@@ -49,3 +49,7 @@ class ImageError(PipelineError):
     def __init__(self, path: object, reason: str, detail: str = ""):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
         self.path, self.reason, self.detail = str(path), reason, detail
+
+
+class ExportError(PipelineError):
+    """Exporting a model (ONNX, torch.export) or checking the export failed."""
