@@ -135,3 +135,20 @@ def export_model_file(model_file: str | os.PathLike, output: str | os.PathLike, 
     log.info("exported %s to %s: %s", model_file, output, check)
     return {"format": fmt, "output": str(Path(output).resolve()), "sha256": file_digest(output),
             "source_model": info.path, "source_sha256": info.sha256, "input": INPUT_DESCRIPTION, "check": check}
+
+
+def export_for_promotion(model_file: str | os.PathLike, onnx_path: str | os.PathLike,
+                         images: np.ndarray) -> tuple[dict | None, str | None]:
+    """Write and check the champion's model.onnx: (check, None), or (None, the reason) when it failed.
+
+    Never raises for an export failure: the promoted weights stay the champion without an ONNX file
+    (the model card says why), rather than a broken exporter blocking every promotion.
+    """
+    try:
+        model, info = load_model_file(model_file)
+        export_onnx(model, info, onnx_path)
+        return {**verify_onnx(onnx_path, model, images), "opset": ONNX_OPSET}, None
+    except ExportError as exc:
+        Path(onnx_path).unlink(missing_ok=True)
+        log.warning("promotion continues without model.onnx: %s", exc)
+        return None, " ".join(str(exc).split())

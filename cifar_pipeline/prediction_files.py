@@ -181,3 +181,24 @@ def run_predictions(
     else:
         (stdout or sys.stdout).write(buffer.getvalue())
     return summary
+
+
+def default_output(output_dir: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Run-scoped: <output_dir>/predictions/<UTC time>-<folder name>.csv."""
+    from datetime import datetime, timezone
+
+    name = Path(folder).resolve().name or "images"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(output_dir).expanduser().resolve() / "predictions" / f"{stamp}-{name}.csv"
+
+
+def score_folder(folder: str, model: str = "champion", output_dir: str = "outputs", output: str | None = None,
+                 top_k: int = 5, batch_size: int = 256,
+                 progress: Callable[[str], None] | None = None) -> PredictSummary:
+    """Batch scoring: every image under `folder` into one CSV (default: under <output_dir>/predictions/)."""
+    from .predict import load_predictor, resolve_model
+
+    predictor = load_predictor(resolve_model(output_dir, model))
+    paths = collect_images([folder])
+    return run_predictions(predictor, paths, output=output or default_output(output_dir, folder), fmt="csv",
+                           top_k=top_k, batch_size=batch_size, progress=progress)
