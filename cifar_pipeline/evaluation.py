@@ -38,6 +38,7 @@ class EvalRecord(BaseModel):
     per_class_accuracy: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     seconds: float
+    predictions: list[int] = []  # predicted class of each evaluated test image, in order (for the report)
 
     def per_class_frame(self) -> pd.DataFrame:
         counts = [sum(row) for row in self.confusion]
@@ -110,18 +111,20 @@ def evaluate_checkpoint(
     n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
     x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
     loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
+    predictions = []
     with torch.no_grad(), autocast(device, autocast_dtype(device, cfg.precision)):
         for x, y in eval_batches(x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
                                  normalize=model_cfg.normalize, channels_last=cfg.channels_last):
             logits = tta_logits(model, x, cfg.tta).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100).view(10, 10)
+            predictions.append(logits.argmax(1).cpu())
     confusion_cpu = confusion.cpu()
     per_class = (confusion_cpu.diag() / confusion_cpu.sum(1).clamp(min=1)).tolist()
     record = EvalRecord(
         loss=loss_sum / n, accuracy=confusion_cpu.diag().sum().item() / n, tta=cfg.tta, n_images=n,
         classes=dataset.classes, per_class_accuracy=per_class, confusion=confusion_cpu.tolist(),
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, predictions=torch.cat(predictions).tolist(),
     )
     log.info("test accuracy %.4f, loss %.4f on %d images (tta %d)", record.accuracy, record.loss, n, cfg.tta)
     return record

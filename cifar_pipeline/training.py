@@ -69,6 +69,7 @@ class TrainRecord(BaseModel):
     train_seconds: float
     resumed_from_epoch: int | None
     warnings: list[str]
+    step_losses: list[tuple[int, float]] = []  # (step, loss), at most ~1000 points, for the report
 
 
 EpochCallback = Callable[[EpochMetrics, int], None]
@@ -146,6 +147,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     history: list[EpochMetrics] = []
     warnings: list[str] = []
     start_epoch, step = 0, 0
+    step_losses: list[tuple[int, float]] = []
 
     checkpoint_path = folder / "checkpoint.pt"
     state = try_load_checkpoint(checkpoint_path, key)
@@ -157,6 +159,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
             lookahead.load_state_dict(state["lookahead"])
         history = [EpochMetrics.model_validate(h) for h in state["history"]]
         warnings = list(state.get("warnings", []))
+        step_losses = [tuple(p) for p in state.get("step_losses", [])]
         start_epoch, step = state["epoch"], state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         log.info("resuming training %s after epoch %d (step %d)", key, start_epoch, step)
@@ -209,6 +212,8 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
                 if not math.isfinite(value):
                     raise TrainingDiverged(health.divergence_message(value, epoch + 1, i + 1, cfg.lr * factor))
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                if step % max(1, total_steps // 1000) == 0 or device.type != "cpu":
+                    step_losses.append((step, value))
             bar.update(1)
         bar.close()
         if lookahead is not None and step == total_steps:
@@ -235,7 +240,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
             "key": key, "epoch": epoch + 1, "step": step,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "lookahead": lookahead.state_dict() if lookahead is not None else None,
-            "history": [h.model_dump() for h in history], "warnings": warnings,
+            "history": [h.model_dump() for h in history], "warnings": warnings, "step_losses": step_losses,
             "rng": {"torch": torch.get_rng_state()},
             "config": cfg.model_dump(mode="json"),
         })
@@ -254,6 +259,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
         parameters=count_parameters(model), train_images=len(y_train), steps=step,
         train_seconds=sum(h.seconds for h in history),
         resumed_from_epoch=state["epoch"] if state is not None else None, warnings=warnings,
+        step_losses=step_losses,
     )
 
 

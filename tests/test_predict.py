@@ -213,3 +213,18 @@ def test_predict_flow_scores_a_folder_into_a_csv(promoted, image_tree):
     path = Path(summary.output)
     assert path.parent == out.resolve() / "predictions" and path.suffix == ".csv"
     assert len(path.read_text().splitlines()) == 2 + 1 + len(arrays.y_test)
+
+
+def test_report_shows_labelled_test_images_confused_pairs_and_loss_by_step(promoted):
+    from cifar_pipeline.training import TrainRecord
+
+    summary, _ = promoted
+    run_dir = Path(summary.run_dir)
+    for name in ("samples.png", "confused.png", "curves.png"):
+        with Image.open(run_dir / name) as image:
+            assert image.width > 300 and image.height > 100, name
+    report = Path(summary.report).read_text()
+    assert "## Predictions on test images" in report and "![Most-confused pairs](confused.png)" in report
+    trained = TrainRecord.model_validate_json(Path(summary.checkpoint).with_name("record.json").read_text())
+    assert len(trained.step_losses) == trained.steps  # a few steps: every one recorded
+    assert [s for s, _ in trained.step_losses] == list(range(1, trained.steps + 1))
