@@ -126,6 +126,8 @@ def export_command(ns: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         result = export_model_file(model_file, ns.output, ns.format)
+    except ConfigError as exc:  # not a readable model file
+        return _fail(str(exc), 2)
     except PipelineError as exc:
         return _fail(_one_line(exc), 1)
     print(json.dumps({"status": "completed", **result}))
