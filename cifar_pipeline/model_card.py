@@ -47,7 +47,7 @@ def render_model_card(
 
 An image classifier for the 10 CIFAR-10 classes ({", ".join(evaluated.classes)}): the `{cfg.model}` network
 (width {cfg.width}, {trained.parameters:,} parameters) trained by cifar-pipeline with preset `{cfg.preset}`
-for {cfg.epochs:g} epochs ({trained.steps} steps, optimizer `{cfg.optimizer}`) on {trained.device_name}.
+for {cfg.epochs:g} epoch(s) ({trained.steps} steps, optimizer `{cfg.optimizer}`) on {trained.device_name}.
 
 | file | what |
 |---|---|
