@@ -60,3 +60,7 @@ class BadImagesError(PipelineError):
             "--bad-images skip, to leave them out): " + "; ".join(problems)
         )
         self.problems = problems
+
+
+class ExportError(PipelineError):
+    """Exporting a model (ONNX, torch.export) or checking the export failed."""

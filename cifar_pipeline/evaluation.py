@@ -36,6 +36,7 @@ class EvalRecord(BaseModel):
     per_class_accuracy: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     seconds: float
+    predictions: list[int] = []  # predicted class of each evaluated test image, in order (for the report)
 
     def per_class_frame(self) -> pd.DataFrame:
         counts = [sum(row) for row in self.confusion]
@@ -94,14 +95,15 @@ def evaluate_checkpoint(
     arrays = load_arrays(dataset)
     n = min(cfg.test_subset or len(arrays.y_test), len(arrays.y_test))
     x_test, y_test = arrays.x_test[:n], arrays.y_test[:n]
-    loss_sum, confusion_cpu = score(model, x_test, y_test, batch_size=cfg.eval_batch_size, device=device,
-                                    normalize=model_cfg.normalize, channels_last=cfg.channels_last, tta=cfg.tta,
-                                    amp_dtype=autocast_dtype(device, cfg.precision))
+    loss_sum, confusion_cpu, predictions = score(
+        model, x_test, y_test, batch_size=cfg.eval_batch_size, device=device, normalize=model_cfg.normalize,
+        channels_last=cfg.channels_last, tta=cfg.tta, amp_dtype=autocast_dtype(device, cfg.precision),
+    )
     per_class = (confusion_cpu.diag() / confusion_cpu.sum(1).clamp(min=1)).tolist()
     record = EvalRecord(
         loss=loss_sum / n, accuracy=confusion_cpu.diag().sum().item() / n, tta=cfg.tta, n_images=n,
         classes=dataset.classes, per_class_accuracy=per_class, confusion=confusion_cpu.tolist(),
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, predictions=predictions.tolist(),
     )
     log.info("test accuracy %.4f, loss %.4f on %d images (tta %d)", record.accuracy, record.loss, n, cfg.tta)
     return record

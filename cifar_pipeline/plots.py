@@ -20,9 +20,15 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 
 def plot_curves(epochs: Sequence[int], loss: Sequence[float], train_acc: Sequence[float],
-                test_acc: float, path: str | os.PathLike) -> None:
+                test_acc: float, path: str | os.PathLike,
+                step_losses: Sequence[tuple[int, float]] = (), steps_per_epoch: float = 0) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, loss, marker="o")
+    if step_losses and steps_per_epoch:
+        # Per-step losses on the same epoch axis: an epoch's mean is the average of its steps.
+        steps, values = (np.asarray(v, dtype=float) for v in zip(*step_losses))
+        ax_loss.plot(steps / steps_per_epoch, values, color="C0", alpha=0.2, linewidth=0.8, label="per step")
+        ax_loss.plot(steps / steps_per_epoch, smooth(values), color="C1", label="per step, smoothed")
+    ax_loss.plot(epochs, loss, marker="o", color="C0", label="epoch mean")
     ax_loss.axhline(np.log(10), color="grey", linestyle=":", label="chance (ln 10)")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="Loss")
     ax_loss.legend(loc="upper right", fontsize=8)
@@ -49,6 +55,43 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     fig.colorbar(image, ax=ax, fraction=0.046)
     _save(fig, path)
 
+
+
+def smooth(values: np.ndarray, weight: float | None = None) -> np.ndarray:
+    """Exponential moving average, bias-corrected (no dip at the start), window ~1/20 of the series."""
+    weight = weight if weight is not None else 1 - 1 / max(1.0, len(values) / 20)
+    out, avg = np.empty(len(values)), 0.0
+    for i, v in enumerate(values):
+        avg = weight * avg + (1 - weight) * v
+        out[i] = avg / (1 - weight ** (i + 1)) if weight < 1 else v
+    return out
+
+
+def plot_image_grid(images: np.ndarray, true: Sequence[int], predicted: Sequence[int], classes: Sequence[str],
+                    path: str | os.PathLike, columns: int = 8) -> None:
+    """Test images with their true and predicted labels (green: right, red: wrong), as in the seed blog."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.45))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, image, t, p in zip(np.atleast_1d(axes).ravel(), images, true, predicted):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"{classes[t]}\n→ {classes[p]}", fontsize=7, color="C2" if t == p else "C3")
+    fig.suptitle("Test images: true label → prediction", fontsize=9)
+    _save(fig, path)
+
+
+def plot_confused_examples(examples: Sequence[tuple[str, str, int, np.ndarray]], path: str | os.PathLike,
+                           per_pair: int = 6) -> None:
+    """One row per confused pair (true, predicted, count, example images)."""
+    fig, axes = plt.subplots(len(examples), per_pair, figsize=(per_pair * 1.1, len(examples) * 1.25), squeeze=False)
+    for row, (true, pred, count, images) in zip(axes, examples):
+        for ax in row:
+            ax.axis("off")
+        for ax, image in zip(row, images[:per_pair]):
+            ax.imshow(image, interpolation="nearest")
+        row[0].set_title(f"{true} → {pred} ({count}x)", fontsize=8, loc="left", color="C3")
+    _save(fig, path)
 
 
 def plot_history(labels: Sequence[str], accuracy: Sequence[float], promoted: Sequence[bool],

@@ -1,6 +1,8 @@
 """The model registry: the deployed (champion) model and the history of runs.
 
     <output_dir>/registry/models/<run_id>/model.pt    weights + config of every model ever promoted
+    <output_dir>/registry/models/<run_id>/model.onnx  its ONNX export (absent if the export failed)
+    <output_dir>/registry/models/<run_id>/MODEL_CARD.md  what it is, its data, accuracy and limits
     <output_dir>/registry/champion.json               which of them is the champion, with its metrics
     <output_dir>/registry/history.csv                 one row per finished run
 
@@ -21,10 +23,15 @@ from pydantic import BaseModel
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PipelineConfig
-from .dataset import DatasetRecord
+from .dataset import DatasetRecord, load_arrays
 from .evaluation import EvalRecord, evaluate_checkpoint
+from .export import export_for_promotion
 from .files import atomic_write_json, atomic_write_text, file_digest
+from .model_card import write_model_card
+from .predict import preprocessing
 from .training import TrainRecord
+
+EXPORT_CHECK_IMAGES = 256  # real test images the ONNX export is checked on at promotion
 
 HISTORY_COLUMNS = ["finished_at", "run_id", "preset", "model", "test_accuracy", "champion_accuracy",
                    "promoted", "seconds", "reason"]
@@ -40,6 +47,8 @@ class ChampionRecord(BaseModel):
     model_file: str
     model_sha256: str
     promoted_at: str
+    onnx_file: str | None = None
+    model_card: str | None = None
 
 
 class PromotionDecision(BaseModel):
@@ -138,12 +147,22 @@ def _install(folder: Path, run_id: str, cfg: PipelineConfig, trained: TrainRecor
              dataset: DatasetRecord) -> ChampionRecord:
     state = load_checkpoint(trained.checkpoint)
     model_file = folder / "models" / run_id / "model.pt"
-    # Weights and the config that rebuilds the model; no optimizer state in the deployed model.
-    save_checkpoint(model_file, {"model": state["model"], "config": cfg.model_dump(mode="json")})
+    # Weights, the config that rebuilds the model and what predicting needs (class names, input
+    # preprocessing); no optimizer state in the deployed model.
+    save_checkpoint(model_file, {"model": state["model"], "config": cfg.model_dump(mode="json"),
+                                 "classes": dataset.classes, "preprocessing": preprocessing(cfg)})
+    model_sha256 = file_digest(model_file)
+    # The weights are complete before the exports: an ONNX failure is logged and noted in the
+    # card, and the model is promoted all the same.
+    onnx_file = model_file.with_name("model.onnx")
+    onnx, onnx_error = export_for_promotion(model_file, onnx_file, load_arrays(dataset).x_test[:EXPORT_CHECK_IMAGES])
+    card = write_model_card(model_file.with_name("MODEL_CARD.md"), run_id, cfg, trained, evaluated, dataset,
+                            model_sha256, onnx, onnx_error)
     record = ChampionRecord(
         run_id=run_id, accuracy=evaluated.accuracy, test_images=evaluated.n_images, tta=evaluated.tta,
         data_md5=dataset.archive_md5, config=cfg.model_dump(mode="json"), model_file=str(model_file),
-        model_sha256=file_digest(model_file), promoted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model_sha256=model_sha256, promoted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        onnx_file=str(onnx_file) if onnx is not None else None, model_card=str(card),
     )
     atomic_write_json(model_file.parent / "record.json", record.model_dump())
     atomic_write_json(folder / "champion.json", record.model_dump())  # the switch: one rename

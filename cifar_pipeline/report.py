@@ -14,17 +14,20 @@ import pandas as pd
 from pydantic import BaseModel
 
 from .config import PipelineConfig
-from .dataset import DatasetRecord
+from .dataset import DatasetRecord, load_arrays
 from .download import ArchiveRecord
 from .evaluation import EvalRecord
 from .extra_data import ExtraDataRecord
 from .files import atomic_write_text
-from .plots import plot_confusion, plot_curves, plot_history
+from .model_card import confused_pairs
+from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
 from .provenance import versions
 from .registry import PromotionDecision, read_history
 from .training import TrainRecord, training_data
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
+GRID_IMAGES = 32  # test images shown with their labels
+CONFUSED_PAIRS = 4  # most-confused class pairs shown with examples
 
 
 class ReportRecord(BaseModel):
@@ -76,7 +79,7 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = trained.epochs
     plot_curves([e.epoch for e in epochs], [e.loss for e in epochs], [e.train_accuracy for e in epochs],
-                evaluated.accuracy, run_dir / "curves.png")
+                evaluated.accuracy, run_dir / "curves.png", trained.loss_by_step(), trained.steps / cfg.epochs)
     plot_confusion(evaluated.confusion, evaluated.classes, run_dir / "confusion.png")
 
     per_class = evaluated.per_class_frame()
@@ -90,6 +93,7 @@ def write_report(
         "champion_section": champion_section(decision, run_dir),
         "note": f"_{note}._\n" if note else "",
         "extra_section": extra_section(cfg, dataset, extra),
+        "predictions_section": predictions_section(evaluated, dataset, run_dir),
         "run_id": run_id,
         "accuracy": f"{evaluated.accuracy:.2%}",
         "test_loss": f"{evaluated.loss:.4f}",
@@ -121,6 +125,31 @@ def write_report(
     atomic_write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
     atomic_write_text(run_dir / "confusion.csv", evaluated.confusion_frame().to_csv())
     return ReportRecord(path=str(path), run_dir=str(run_dir), accuracy=evaluated.accuracy, markdown=markdown)
+
+
+def predictions_section(evaluated: EvalRecord, dataset: DatasetRecord, run_dir: Path) -> str:
+    """Test images with true and predicted labels, and the most-confused pairs with examples."""
+    if not evaluated.predictions:  # an evaluation cached before predictions were recorded
+        return ""
+    arrays = load_arrays(dataset)
+    predicted = evaluated.predictions
+    images, true = arrays.x_test[:len(predicted)], [int(y) for y in arrays.y_test[:len(predicted)]]
+    classes = evaluated.classes
+    plot_image_grid(images[:GRID_IMAGES], true[:GRID_IMAGES], predicted[:GRID_IMAGES], classes,
+                    run_dir / "samples.png")
+    lines = ["## Predictions on test images", "", "![Test images with true and predicted labels](samples.png)", ""]
+    pairs = confused_pairs(evaluated.confusion, classes, CONFUSED_PAIRS)
+    if pairs:
+        examples = []
+        for t, p, count in pairs:
+            ti, pi = classes.index(t), classes.index(p)
+            picked = [i for i, (a, b) in enumerate(zip(true, predicted)) if a == ti and b == pi]
+            examples.append((t, p, count, images[picked]))
+        plot_confused_examples(examples, run_dir / "confused.png")
+        lines += ["The class pairs the model confuses most (true → predicted), with test images it got wrong:", "",
+                  "| true | predicted | images |", "|---|---|---|",
+                  *[f"| {t} | {p} | {n} |" for t, p, n in pairs], "", "![Most-confused pairs](confused.png)", ""]
+    return "\n".join(lines)
 
 
 def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:

@@ -5,6 +5,8 @@ Shared by the test evaluation and the per-epoch validation inside training.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,12 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
     return 0.5 * logits + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
 
 
+class Scores(NamedTuple):
+    loss_sum: float  # summed cross-entropy
+    confusion: torch.Tensor  # 10x10 on the CPU; rows true, columns predicted
+    predictions: torch.Tensor  # predicted class per image, in order, on the CPU
+
+
 def score(
     model: nn.Module,
     images: np.ndarray,
@@ -38,9 +46,9 @@ def score(
     channels_last: bool,
     tta: int,
     amp_dtype: torch.dtype | None,
-) -> tuple[float, torch.Tensor]:
-    """(summed cross-entropy, 10x10 confusion matrix on the CPU; rows true, columns predicted)."""
+) -> Scores:
     loss_sum, confusion = 0.0, torch.zeros(10, 10, dtype=torch.long, device=device)
+    predictions = []
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast(device, amp_dtype):
@@ -48,6 +56,8 @@ def score(
                                  channels_last=channels_last):
             logits = tta_logits(model, x, tta).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            confusion += torch.bincount(y * 10 + logits.argmax(1), minlength=100).view(10, 10)
+            predicted = logits.argmax(1)
+            confusion += torch.bincount(y * 10 + predicted, minlength=100).view(10, 10)
+            predictions.append(predicted)
     model.train(was_training)
-    return loss_sum, confusion.cpu()
+    return Scores(loss_sum, confusion.cpu(), torch.cat(predictions).cpu() if predictions else torch.zeros(0))

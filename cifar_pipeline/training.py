@@ -61,6 +61,7 @@ class EpochMetrics(BaseModel):
     # Mean loss of consecutive chunks of `loss_chunk` steps (about LOSS_POINTS per epoch): the curve by step.
     step_losses: list[float] = []
     loss_chunk: int = 1
+    steps: int = 0  # optimizer steps in this epoch
     # Accuracy and mean loss on the held-out validation split (validation_images > 0), else None.
     val_accuracy: float | None = None
     val_loss: float | None = None
@@ -80,6 +81,14 @@ class TrainRecord(BaseModel):
     train_seconds: float
     resumed_from_epoch: int | None
     warnings: list[str]
+
+    def loss_by_step(self) -> list[tuple[int, float]]:
+        """(step at the end of each chunk, the chunk's mean loss) over the whole run, for the report."""
+        points, start = [], 0
+        for e in self.epochs:
+            points += [(min(start + (i + 1) * e.loss_chunk, start + e.steps), v) for i, v in enumerate(e.step_losses)]
+            start += e.steps
+        return points
 
 
 EpochCallback = Callable[[EpochMetrics, int], None]
@@ -245,7 +254,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress, extra=None) -> TrainRe
             lr=cfg.lr * factor, seconds=seconds, data_seconds=batches.data_seconds,
             images_per_second=seen / seconds if seconds else 0.0,
             at_chance=health.is_at_chance(mean_loss),
-            step_losses=_chunk_means(chunk_losses, chunk), loss_chunk=chunk,
+            step_losses=_chunk_means(chunk_losses, chunk), loss_chunk=chunk, steps=len(chunk_losses),
             **_validate(run.model, data, cfg, device, amp_dtype),
         )
         _end_epoch(run, metrics, cfg, key, checkpoint_path, n_epochs)
@@ -323,7 +332,7 @@ def _chunk_means(losses: list[torch.Tensor], chunk: int) -> list[float]:
 def _validate(model, data: TrainingData, cfg: PipelineConfig, device, amp_dtype) -> dict[str, float]:
     if not len(data.y_val):
         return {}
-    loss_sum, confusion = score(model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size, device=device,
+    loss_sum, confusion, _ = score(model, data.x_val, data.y_val, batch_size=cfg.eval_batch_size, device=device,
                                 normalize=cfg.normalize, channels_last=cfg.channels_last, tta=0,
                                 amp_dtype=amp_dtype)
     n = len(data.y_val)

@@ -17,6 +17,7 @@ from prefect.schedules import Cron
 
 from cifar_pipeline.errors import ConfigError
 from flows.pipeline import cifar_pipeline
+from flows.predict import predict_folder
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
 
@@ -35,11 +36,15 @@ def to_runner_deployment(spec: dict[str, Any]):
             limit=limit["limit"],
             collision_strategy=ConcurrencyLimitStrategy(limit.get("collision_strategy", "ENQUEUE")),
         )
-    return cifar_pipeline.to_deployment(
+    return _flow(spec).to_deployment(
         name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
         parameters=spec.get("parameters"), schedules=schedules, concurrency_limit=concurrency,
         enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
     )
+
+
+def _flow(spec: dict[str, Any]):
+    return predict_folder if spec["entrypoint"].startswith("flows/predict.py") else cifar_pipeline
 
 
 def pool_bound(names: list[str]) -> list[str]:
@@ -55,17 +60,17 @@ def pool_bound(names: list[str]) -> list[str]:
     with get_client(sync_client=True) as client:
         for name in names:
             try:
-                deployment = client.read_deployment_by_name(f"{cifar_pipeline.name}/{name}")
+                deployment = client.read_deployment_by_name(name)
             except ObjectNotFound:
                 continue
             if deployment.work_pool_name:
-                bound.append(f"{cifar_pipeline.name}/{name} (work pool {deployment.work_pool_name})")
+                bound.append(f"{name} (work pool {deployment.work_pool_name})")
     return bound
 
 
 def main(limit: int | None = None) -> None:
     specs = load_deployments()
-    conflicts = pool_bound([spec["name"] for spec in specs])
+    conflicts = pool_bound([f"{_flow(spec).name}/{spec['name']}" for spec in specs])
     if conflicts:
         raise ConfigError(
             "these deployments already run on a work pool: " + ", ".join(conflicts) + ". Use the worker, or "

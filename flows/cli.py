@@ -67,9 +67,73 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="register the nightly and on-demand deployments and run them here "
                                          "(needs a Prefect server: PREFECT_API_URL)")
     serve.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs at once")
+    _add_predict_parsers(sub)
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("schema", help="print the configuration's JSON schema")
     return parser
+
+
+def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="classify image files with the champion (or another model)")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) "
+                         "or globs (quote them: 'photos/**/*.jpg')")
+    export = sub.add_parser("export", help="export a model to ONNX or a torch.export program")
+    for p in (predict, export):
+        p.add_argument("--model", default="champion", help="champion (default), a run id of the registry, or a "
+                       "model file (model.pt, a training checkpoint; predict also takes model.onnx)")
+        p.add_argument("--output-dir", default="outputs", metavar="DIR",
+                       help="the folder `run` writes to, holding registry/ (default: outputs)")
+    predict.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per image (default 5)")
+    predict.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default csv)")
+    predict.add_argument("--output", default=None, metavar="FILE", help="write predictions here (default: stdout)")
+    predict.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default 256)")
+    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                         help="torch (on the GPU when present), or onnx: ONNX Runtime on the model.onnx "
+                         "beside the model file")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch engine's device")
+    export.add_argument("--format", choices=["onnx", "torch-export"], required=True, help="what to write")
+    export.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+
+
+def predict_command(ns: argparse.Namespace) -> int:
+    from cifar_pipeline.predict import load_predictor, resolve_model
+    from cifar_pipeline.prediction_files import collect_images, run_predictions
+
+    try:
+        if ns.top_k < 1 or ns.batch_size < 1:
+            raise ConfigError("--top-k and --batch-size must be at least 1")
+        model_file = resolve_model(ns.output_dir, ns.model, ns.engine)
+        paths = collect_images(ns.paths)
+        predictor = load_predictor(model_file, ns.device)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    print(f"predict: {len(paths)} images with {model_file} ({predictor.info.engine})", file=sys.stderr)
+    summary = run_predictions(predictor, paths, output=ns.output, fmt=ns.format, top_k=ns.top_k,
+                              batch_size=ns.batch_size)
+    if ns.output or ns.format == "csv":
+        # CSV on stdout stays plain CSV; the summary line then goes to stderr.
+        print(json.dumps(summary.model_dump()), file=sys.stdout if ns.output else sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def export_command(ns: argparse.Namespace) -> int:
+    from cifar_pipeline.export import export_model_file
+    from cifar_pipeline.predict import resolve_model
+
+    try:
+        model_file = resolve_model(ns.output_dir, ns.model)
+        if model_file.suffix == ".onnx":
+            raise ConfigError("--model must be a PyTorch model file (model.pt), not an ONNX file")
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    try:
+        result = export_model_file(model_file, ns.output, ns.format)
+    except ConfigError as exc:  # not a readable model file
+        return _fail(str(exc), 2)
+    except PipelineError as exc:
+        return _fail(_one_line(exc), 1)
+    print(json.dumps({"status": "completed", **result}))
+    return 0
 
 
 def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
@@ -129,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.command == "serve":
         return serve(ns.limit)
+    if ns.command == "predict":
+        return predict_command(ns)
+    if ns.command == "export":
+        return export_command(ns)
     if ns.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0

@@ -17,7 +17,6 @@ against 3.9.1's pages (see /work/shared/reference/sweeps-ui-export-notes.md):
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
