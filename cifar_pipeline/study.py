@@ -81,11 +81,26 @@ def sweep_config(cfg: PipelineConfig) -> PipelineConfig:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A database URL (PostgreSQL for teams, several machines) or a journal file (one machine, the default)."""
     if "://" in url:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(url)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError):
+            # Two sweeps opening a fresh database at once race to create Optuna's tables; the loser
+            # finds them made on the next try.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_study(name: str, url: str, seed: int = 0) -> optuna.Study:
