@@ -20,10 +20,13 @@ from flows.pipeline import cifar_pipeline
 from flows.predict import predict_folder
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
+PIPELINE_ENTRYPOINT = "flows/pipeline.py:cifar_pipeline"
 
 
 def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
-    return yaml.safe_load(path.read_text())["deployments"]
+    """The pipeline's deployments; sweeps run on work pools (their trials need workers), never served."""
+    specs = yaml.safe_load(path.read_text())["deployments"]
+    return [s for s in specs if s["entrypoint"] == PIPELINE_ENTRYPOINT]
 
 
 def to_runner_deployment(spec: dict[str, Any]):

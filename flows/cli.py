@@ -15,9 +15,11 @@ import types
 import typing
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
+
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
-from cifar_pipeline.config import PRESETS, PipelineConfig, validate_config
+from cifar_pipeline.config import PRESETS, PipelineConfig, describe_validation_error, validate_config
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.errors import ConfigError, PipelineError
 from cifar_pipeline.extra_data import check_folders
@@ -58,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run the flow once (Prefect's local server starts on its own)")
     show = sub.add_parser("config", help="print the resolved configuration as JSON, without running")
-    for p in (run, show):
+    sweep = sub.add_parser("sweep", help="search hyperparameters with Optuna (trials in parallel, locally or on "
+                                         "a work pool); the winner on validation meets the champion")
+    _add_sweep_options(sweep)
+    for p in (run, show, sweep):
         for name, field in PipelineConfig.model_fields.items():
             flag = "--" + name.replace("_", "-")
             aliases = ["--output"] if name == "output_dir" else []
@@ -136,6 +141,37 @@ def export_command(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    from cifar_pipeline.study import SweepOptions
+
+    for name, field in SweepOptions.model_fields.items():
+        kind = int if field.annotation is int else str
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"sweep_{name}", type=kind, default=field.default,
+                            metavar="N" if kind is int else name.upper(), help=field.description)
+
+
+def sweep(ns: argparse.Namespace, config: PipelineConfig) -> int:
+    from cifar_pipeline.study import SweepOptions, sweep_config
+    from cifar_pipeline.sweep_space import load_space
+
+    try:
+        options = SweepOptions(**{k.removeprefix("sweep_"): v for k, v in vars(ns).items() if k.startswith("sweep_")})
+        load_space(options.space, sweep_config(config.resolved()))  # a bad space stops here, before any trial
+    except ValidationError as exc:
+        return _fail(describe_validation_error(exc).replace("configuration", "sweep option"), 2)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    from flows.sweep import cifar_sweep
+
+    state = cifar_sweep(config=config, **options.model_dump(), return_state=True)
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
+        return _fail(reason, 1, state=state.name)
+    print(json.dumps(state.result().model_dump()))
+    return 0
+
+
 def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     values = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
     requested = validate_config(values)
@@ -208,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config.resolved().model_dump_json(indent=2))
         return 0
     try:
-        return run(config)
+        return sweep(ns, config) if ns.command == "sweep" else run(config)
     except KeyboardInterrupt:
         return _fail("interrupted; finished epochs are checkpointed and the next run resumes them", 130)
     except PipelineError as exc:
