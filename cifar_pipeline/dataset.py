@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from .errors import ArchiveError, IntegrityError
-from .files import atomic_write, atomic_write_json, file_digest
+from .files import atomic_write, atomic_write_json, file_digest, verified_record
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,10 @@ def build_dataset(archive: str | os.PathLike, archive_md5: str, cache_dir: str |
 
 def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> DatasetRecord:
     record_path = folder / "dataset.json"
+    if (record := verified_record(record_path, DatasetRecord)) is not None:
+        log.info("dataset for archive %s already built", archive_md5)
+        return record
     if record_path.exists():
-        record = DatasetRecord.model_validate_json(record_path.read_text())
-        if Path(record.path).exists() and file_digest(record.path) == record.sha256:
-            log.info("dataset for archive %s already built", archive_md5)
-            return record
         log.warning("dataset cache in %s is damaged; rebuilding it", folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".extract-") as tmp:
         root = extract_archive(archive, Path(tmp))

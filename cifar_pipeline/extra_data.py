@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .errors import BadImagesError, ConfigError, ImageError, IntegrityError
-from .files import atomic_write, atomic_write_json, file_digest
+from .files import atomic_write, atomic_write_json, file_digest, verified_record
 from .image_files import MAX_PIXELS, SIZE, decode_image
 from .provenance import code_version
 
@@ -184,11 +184,10 @@ def build_extra_data(
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         record_path = folder / "record.json"
+        if (record := verified_record(record_path, ExtraDataRecord)) is not None:
+            log.info("extra data %s already decoded", key)
+            return record
         if record_path.exists():
-            record = ExtraDataRecord.model_validate_json(record_path.read_text())
-            if Path(record.path).exists() and file_digest(record.path) == record.sha256:
-                log.info("extra data %s already decoded", key)
-                return record
             log.warning("extra data cache in %s is damaged; decoding again", folder)
         record = _build(manifest, key, folder, policy, max_pixels)
         atomic_write_json(record_path, record.model_dump())

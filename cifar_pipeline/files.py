@@ -9,9 +9,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+from pydantic import BaseModel
 
 CHUNK = 1 << 20
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -80,3 +85,18 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def verified_record(record_path: str | os.PathLike, model: type[M]) -> M | None:
+    """The cached record at `record_path` if the file it names still has the sha256 it recorded.
+
+    None when there is no record or its file is gone or damaged (the caller rebuilds it): a cached
+    payload is only ever unpickled after its digest matched.
+    """
+    record_path = Path(record_path)
+    if not record_path.exists():
+        return None
+    record = model.model_validate_json(record_path.read_text())
+    if Path(record.path).exists() and file_digest(record.path) == record.sha256:
+        return record
+    return None
