@@ -13,7 +13,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from .config import PipelineConfig
-from .doctor import DoctorResult
+from .dataset import DatasetRecord, load_arrays
+from .doctor import DoctorResult, diagnose
 from .doctor_checks import BLOG_ITEMS, SEVERITY
 from .files import atomic_write_json, atomic_write_text
 from .plots import plot_layer_gradients, plot_lr_range, plot_one_batch
@@ -130,3 +131,10 @@ def write_doctor_report(result: DoctorResult, folder: str | os.PathLike, cfg: Pi
     return DoctorReport(path=str(path), folder=str(folder), status=result.status, checks=checks_summary(result),
                         lr_range=result.lr_range, configured_lr=result.configured_lr, markdown=markdown,
                         section=body)
+
+
+def doctor_dataset(cfg: PipelineConfig, dataset: DatasetRecord, folder: str | os.PathLike, title: str, *,
+                   quick: bool = False, prefix: str = "doctor") -> DoctorReport:
+    """Diagnose a resolved config on a decoded dataset and write the report into `folder`."""
+    result = diagnose(cfg, load_arrays(dataset), quick=quick)
+    return write_doctor_report(result, folder, cfg, title, prefix)

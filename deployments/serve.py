@@ -16,9 +16,11 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 
 from cifar_pipeline.errors import ConfigError
+from flows.doctor import doctor
 from flows.pipeline import cifar_pipeline
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
+FLOWS = {"flows/pipeline.py:cifar_pipeline": cifar_pipeline, "flows/doctor.py:doctor": doctor}
 
 
 def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -35,14 +37,14 @@ def to_runner_deployment(spec: dict[str, Any]):
             limit=limit["limit"],
             collision_strategy=ConcurrencyLimitStrategy(limit.get("collision_strategy", "ENQUEUE")),
         )
-    return cifar_pipeline.to_deployment(
+    return FLOWS[spec["entrypoint"]].to_deployment(
         name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
         parameters=spec.get("parameters"), schedules=schedules, concurrency_limit=concurrency,
         enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
     )
 
 
-def pool_bound(names: list[str]) -> list[str]:
+def pool_bound(specs: list[dict[str, Any]]) -> list[str]:
     """Deployments of these names that a work pool already executes (applied from prefect.yaml).
 
     `serve` would take over their schedule while the pool's workers still pick up their runs and
@@ -53,19 +55,20 @@ def pool_bound(names: list[str]) -> list[str]:
 
     bound = []
     with get_client(sync_client=True) as client:
-        for name in names:
+        for spec in specs:
+            full_name = f"{FLOWS[spec['entrypoint']].name}/{spec['name']}"
             try:
-                deployment = client.read_deployment_by_name(f"{cifar_pipeline.name}/{name}")
+                deployment = client.read_deployment_by_name(full_name)
             except ObjectNotFound:
                 continue
             if deployment.work_pool_name:
-                bound.append(f"{cifar_pipeline.name}/{name} (work pool {deployment.work_pool_name})")
+                bound.append(f"{full_name} (work pool {deployment.work_pool_name})")
     return bound
 
 
 def main(limit: int | None = None) -> None:
     specs = load_deployments()
-    conflicts = pool_bound([spec["name"] for spec in specs])
+    conflicts = pool_bound(specs)
     if conflicts:
         raise ConfigError(
             "these deployments already run on a work pool: " + ", ".join(conflicts) + ". Use the worker, or "

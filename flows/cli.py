@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run the flow once (Prefect's local server starts on its own)")
     show = sub.add_parser("config", help="print the resolved configuration as JSON, without running")
-    for p in (run, show):
+    doctor = sub.add_parser("doctor", help="diagnose why a configuration does not learn (a minute or two); "
+                                           "exit 1 when a check fails")
+    for p in (run, show, doctor):
         for name, field in PipelineConfig.model_fields.items():
             flag = "--" + name.replace("_", "-")
             aliases = ["--output"] if name == "output_dir" else []
@@ -99,6 +101,19 @@ def run(config: PipelineConfig) -> int:
     return 0
 
 
+def run_doctor(config: PipelineConfig) -> int:
+    from flows.doctor import doctor
+
+    state = doctor(config=config, return_state=True)
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
+        return _fail(reason, 1, state=state.name)
+    summary = state.result()
+    print(json.dumps(summary.model_dump()))
+    return 1 if summary.status == "fail" else 0
+
+
 def serve(limit: int | None) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config.resolved().model_dump_json(indent=2))
         return 0
     try:
-        return run(config)
+        return run_doctor(config) if ns.command == "doctor" else run(config)
     except KeyboardInterrupt:
         return _fail("interrupted; finished epochs are checkpointed and the next run resumes them", 130)
     except PipelineError as exc:

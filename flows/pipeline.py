@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from cifar_pipeline import layout
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
+from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.files import atomic_write_json
-from tasks import build_dataset_task, download_task, evaluate_task, promote_task, report_task, train_task
+from tasks import build_dataset_task, doctor_task, download_task, evaluate_task, promote_task, report_task, train_task
 
 
 class RunSummary(BaseModel):
@@ -54,6 +55,18 @@ class _Steps:
         return result
 
 
+def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str) -> Any:
+    """The doctor's quick checks into the run folder (diagnosis.md) and the `cifar-diagnosis` artifact."""
+    get_run_logger().warning("%s: running the doctor's quick checks", why)
+    try:
+        return steps.run(doctor_task, config=cfg, dataset=dataset, folder=str(run_dir), quick=True,
+                         prefix="diagnosis", artifact_key="cifar-diagnosis",
+                         title=f"Diagnosis of run {run_id} ({why})")
+    except Exception as exc:  # noqa: BLE001 - a failed diagnosis must not hide the run's own outcome
+        get_run_logger().warning("the quick checks failed: %s", exc)
+        return None
+
+
 def _missing_files(record: Any) -> bool:
     paths = [getattr(record, name, None) for name in ("path", "checkpoint")]
     return any(p is not None and not Path(p).exists() for p in paths)
@@ -84,14 +97,22 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache),
                         timeout=cfg.download_timeout_s)
     dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
-    trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
+    try:
+        trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
+    except TrainingDiverged:
+        # The run still fails, but whoever finds it in the UI gets the diagnosis with it.
+        _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss became NaN")
+        raise
+    diagnosis = None
+    if any(e.at_chance for e in trained.epochs):
+        diagnosis = _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss sat at chance level")
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
-        decision=decision,
+        decision=decision, diagnosis=diagnosis.section if diagnosis is not None else "",
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,

@@ -88,6 +88,9 @@ def test_prefect_yaml_creates_a_scheduled_nightly_and_an_on_demand_deployment(de
     assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert nightly.parameters == {"config": {"preset": "cpu"}} and nightly.work_pool_name == "cifar-cpu"
     assert on_demand.schedules == [] and on_demand.enforce_parameter_schema
+    with _client() as client:
+        doctor = client.read_deployment_by_name("cifar-doctor/doctor")
+    assert doctor.schedules == [] and doctor.work_pool_name == "cifar-cpu"
 
     # The UI form: the typed config, every field described, ranges included.
     schema = on_demand.parameter_openapi_schema
@@ -160,8 +163,8 @@ def test_serve_registers_the_same_deployments_and_runs_them(worker, api, tmp_pat
     from prefect.deployments import run_deployment
 
     stop(worker)  # one way of running at a time: serve replaces the pool-bound deployments
-    for name in ("nightly", "on-demand"):
-        assert api.cli("deployment", "delete", f"cifar-pipeline/{name}", cwd=ROOT).returncode == 0
+    for name in ("cifar-pipeline/nightly", "cifar-pipeline/on-demand", "cifar-doctor/doctor"):
+        assert api.cli("deployment", "delete", name, cwd=ROOT).returncode == 0
     proc = start([str(BIN / "cifar-pipeline"), "serve"], api.env, api.home / "serve.log", cwd=ROOT)
     try:
         deadline = time.monotonic() + 120
