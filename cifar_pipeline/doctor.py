@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -30,9 +31,10 @@ log = logging.getLogger(__name__)
 
 FULL_BUDGET_S = 75.0  # seconds of probe training the full doctor aims for (2-core CPU)
 QUICK_BUDGET_S = 25.0
+BUDGET_ENV = "CIFAR_PIPELINE_DOCTOR_BUDGET_S"  # overrides both: a slower machine, or a quick test
 MIN_BATCH = 32
 ONE_BATCH_IMAGES = 32
-LR_SWEEP = (1e-5, 10.0)  # the range test covers at least this, and the configured lr x/ 100
+LR_SWEEP = (1e-4, 10.0)  # the range test covers at least this, and the configured lr x/ 10
 
 
 class DoctorPlan(BaseModel):
@@ -85,7 +87,7 @@ def make_plan(cfg: PipelineConfig, bench: probes.Bench, quick: bool, budget_s: f
         one_batch = min(ONE_BATCH_IMAGES, batch)
     over = estimate(batch, steps) / budget_s
     if over > 1:
-        floors = {"one_batch_steps": 0 if quick else 80, "range_steps": 60, "learn_steps": 10 if quick else 40}
+        floors = {"one_batch_steps": 0 if quick else 80, "range_steps": 80, "learn_steps": 10 if quick else 40}
         steps = {k: max(floors[k], int(v / over)) for k, v in steps.items()}
     return DoctorPlan(quick=quick, batch_size=batch, one_batch_size=one_batch, grad_steps=min(10, steps["learn_steps"]),
                       train_images=n_train, val_images=min(1000, len(bench.y_val)),
@@ -125,7 +127,9 @@ def diagnose(
         # Labels out of range would crash cross-entropy; the data check already says why.
         return _result(checks, None, cfg, _empty_plan(cfg, quick, bench), {}, t0)
 
-    plan = make_plan(cfg, bench, quick, budget_s or (QUICK_BUDGET_S if quick else FULL_BUDGET_S))
+    if budget_s is None:
+        budget_s = float(os.environ.get(BUDGET_ENV) or (QUICK_BUDGET_S if quick else FULL_BUDGET_S))
+    plan = make_plan(cfg, bench, quick, budget_s)
     log.info("doctor: batch %d, %d range steps, %d one-batch steps, %d learning steps (%.3f s/step)",
              plan.batch_size, plan.range_steps, plan.one_batch_steps, plan.learn_steps, plan.seconds_per_step)
 
@@ -133,7 +137,7 @@ def diagnose(
     checks.append(check_start(start))
     log.info("doctor: start %s (initial loss %.3f)", checks[-1].result, start["loss"])
 
-    lr_min, lr_max = min(LR_SWEEP[0], cfg.lr / 100), min(max(LR_SWEEP[1], cfg.lr * 100), 1e4)
+    lr_min, lr_max = min(LR_SWEEP[0], cfg.lr / 10), min(max(LR_SWEEP[1], cfg.lr * 10), 1e4)
     sweep = probes.lr_range_test(bench, plan.batch_size, plan.range_steps, lr_min, lr_max)
     checks.append(check_learning_rate(cfg.lr, sweep))
     log.info("doctor: learning rate %s (fastest fall %s, diverged at %s)", checks[-1].result, sweep["fastest"],

@@ -210,11 +210,12 @@ def lr_range_test(bench: Bench, batch_size: int, steps: int, lr_min: float, lr_m
 
 
 def _diverging(smooth: list[float]) -> bool:
-    """The smoothed loss rose 50 % above its start, or climbed back most of the way it had fallen."""
+    """The smoothed loss rose 50 % above its start, or climbed back most of the way it had fallen
+    (normalised nets at too large an lr return to chance rather than blow up)."""
     start, best, now = smooth[10], min(smooth), smooth[-1]
     if now > 1.5 * start:
         return True
-    return best < 0.9 * start and now > best + 0.75 * (start - best)
+    return best < start - 0.1 and now > best + 0.75 * (start - best)
 
 
 def steepest_range(lrs: np.ndarray, smooth: np.ndarray) -> dict:
