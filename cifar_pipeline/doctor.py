@@ -273,6 +273,14 @@ def check_one_batch(lr: float, fits: list[dict], plan: DoctorPlan) -> Check:
                              f"at lr {lr:g} (loss {first:.3f} -> {last:.3f}), but was in {fits[1]['steps']} steps at "
                              f"lr {other:.2g}: the wiring works, the configured learning rate holds it back",
                      fix=f"Move the learning rate towards {other:.2g}.")
+    fell = max((f["losses"][0] - min(f["losses"])) / f["losses"][0] for f in fits)
+    if fell >= 0.05:
+        # Broken wiring leaves the loss flat; a loss that moves but slowly is a plateau or a small step.
+        return Check(name="one_batch", result="warn", blog_items=[5], evidence=evidence,
+                     message=f"one batch of {plan.one_batch_size} images was not memorised in {plan.one_batch_steps} "
+                             f"steps, but its loss fell by {fell:.0%} (loss {first:.3f} -> {last:.3f} at lr {lr:g}): "
+                             "the wiring works, learning is slow",
+                     fix="Expect a slow start (a plateau near ln 10); a larger lr or momentum shortens it.")
     tried = " and ".join(f"lr {lr * f['lr_factor']:.2g} (loss {f['losses'][0]:.3f} -> {f['losses'][-1]:.3f})"
                          for f in fits)
     return Check(name="one_batch", result="fail", blog_items=[1, 2, 3], evidence=evidence,
