@@ -109,6 +109,7 @@ def test_cli_doctor_exit_codes_and_last_line_json(tmp_path, archive):
     assert result["status"] == "fail" and result["checks"]["learning_rate"]["result"] == "fail"
     assert "far too small" in result["checks"]["learning_rate"]["message"]
 
+    before = sorted((tmp_path / "out" / "doctor").iterdir())
     bad = cli("doctor", *common, "--lr", "-1", env=env, timeout=120)
     assert bad.returncode == 2 and "lr = -1.0" in bad.stderr and "Traceback" not in bad.stderr
-    assert not (tmp_path / "out" / "doctor").exists()
+    assert sorted((tmp_path / "out" / "doctor").iterdir()) == before  # nothing was started
