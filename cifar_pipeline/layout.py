@@ -6,6 +6,7 @@
     <output_dir>/cache/evaluations/<key>.json       one evaluation of one checkpoint
     <output_dir>/cache/results/                     Prefect's task-result records (the task cache)
     <output_dir>/runs/<run_id>/                     one run's report and figures
+    <output_dir>/doctor/<run_id>/                   one doctor run's report and figures
 """
 
 from __future__ import annotations
@@ -34,3 +35,8 @@ def new_run_id(label: str, now: datetime | None = None) -> str:
 
 def run_dir(cfg: PipelineConfig, run_id: str) -> Path:
     return Path(cfg.output_dir).expanduser().resolve() / "runs" / run_id
+
+
+def doctor_dir(cfg: PipelineConfig, run_id: str) -> Path:
+    """One `doctor` run's report and figures: <output_dir>/doctor/<run_id>/."""
+    return Path(cfg.output_dir).expanduser().resolve() / "doctor" / run_id

@@ -108,3 +108,52 @@ def plot_history(labels: Sequence[str], accuracy: Sequence[float], promoted: Seq
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
+
+
+def plot_lr_range(lrs: Sequence[float], smoothed: Sequence[float], fastest: Sequence[float] | None,
+                  diverged_at: float | None, configured_lr: float, path: str | os.PathLike) -> None:
+    """The doctor's learning-rate range test: smoothed loss against lr, the configured lr marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(lrs, smoothed, color="C0", label="smoothed train loss")
+    if fastest:
+        ax.axvspan(fastest[0], fastest[1], color="C2", alpha=0.2, label="fastest fall")
+    if diverged_at:
+        ax.axvline(diverged_at, color="C3", linestyle="--", label=f"diverged ({diverged_at:.2g})")
+    ax.axvline(configured_lr, color="black", linewidth=2, label=f"configured lr ({configured_lr:g})")
+    ax.axhline(np.log(10), color="grey", linestyle=":", label="chance (ln 10)")
+    ax.set_xscale("log")
+    top = max(list(smoothed)[:5] + [np.log(10)]) * 1.6 if len(smoothed) else 5
+    ax.set(xlabel="learning rate", ylabel="loss", title="Learning-rate range test", ylim=(0, top))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+
+
+def plot_layer_gradients(names: Sequence[str], grad_norms: Sequence[float], weight_norms: Sequence[float],
+                         path: str | os.PathLike) -> None:
+    """Per-parameter gradient and weight norms (log scale); zero gradients drawn at the floor in red."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 3.8))
+    x = np.arange(len(names))
+    grads = np.asarray(grad_norms, dtype=float)
+    floor = max(grads[grads > 0].min() / 10, 1e-12) if (grads > 0).any() else 1e-12
+    ax.bar(x - 0.2, np.where(grads > 0, grads, floor), width=0.4, label="gradient norm",
+           color=["C0" if g > 0 else "C3" for g in grads])
+    ax.bar(x + 0.2, weight_norms, width=0.4, color="C7", label="weight norm")
+    ax.set_yscale("log")
+    ax.set_xticks(x, list(names), rotation=60, ha="right", fontsize=7)
+    ax.set(title="Per-layer norms over the first steps (red: no gradient)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_one_batch(curves: Sequence[tuple[str, Sequence[float]]], path: str | os.PathLike) -> None:
+    """Loss while fitting one fixed batch, one line per learning rate tried."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for label, losses in curves:
+        ax.plot(np.arange(1, len(losses) + 1), losses, label=label)
+    ax.axhline(np.log(10), color="grey", linestyle=":", label="chance (ln 10)")
+    ax.set(xlabel="step", ylabel="loss", title="Fitting one fixed batch", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -74,6 +74,7 @@ def write_report(
     *,
     extra: ExtraDataRecord | None = None,
     note: str = "",
+    diagnosis: str = "",  # Markdown of the doctor's quick checks, for a run that sat at chance
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def write_report(
         "train_time": _seconds(trained.train_seconds),
         "device_name": trained.device_name,
         "precision": trained.precision,
-        "warnings": warnings,
+        "warnings": warnings + (f"\n## Diagnosis (the doctor's quick checks)\n\n{diagnosis}\n" if diagnosis else ""),
         "epoch_table": _table(epoch_frame(trained), floatfmt=".4g"),
         "class_table": _table(per_class, floatfmt=".2%"),
         "timings_table": _table(pd.DataFrame(

@@ -16,17 +16,20 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 
 from cifar_pipeline.errors import ConfigError
+from flows.doctor import doctor
 from flows.pipeline import cifar_pipeline
 from flows.predict import predict_folder
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
-PIPELINE_ENTRYPOINT = "flows/pipeline.py:cifar_pipeline"
+# What `serve` runs; sweeps are left to work pools (their trials need workers), never served.
+FLOWS = {"flows/pipeline.py:cifar_pipeline": cifar_pipeline, "flows/doctor.py:doctor": doctor,
+         "flows/predict.py:predict_folder": predict_folder}
 
 
 def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
-    """The pipeline's deployments; sweeps run on work pools (their trials need workers), never served."""
+    """The deployments `serve` runs here: all of prefect.yaml but the sweeps."""
     specs = yaml.safe_load(path.read_text())["deployments"]
-    return [s for s in specs if s["entrypoint"] == PIPELINE_ENTRYPOINT]
+    return [s for s in specs if s["entrypoint"] in FLOWS]
 
 
 def to_runner_deployment(spec: dict[str, Any]):
@@ -39,18 +42,14 @@ def to_runner_deployment(spec: dict[str, Any]):
             limit=limit["limit"],
             collision_strategy=ConcurrencyLimitStrategy(limit.get("collision_strategy", "ENQUEUE")),
         )
-    return _flow(spec).to_deployment(
+    return FLOWS[spec["entrypoint"]].to_deployment(
         name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
         parameters=spec.get("parameters"), schedules=schedules, concurrency_limit=concurrency,
         enforce_parameter_schema=spec.get("enforce_parameter_schema", True),
     )
 
 
-def _flow(spec: dict[str, Any]):
-    return predict_folder if spec["entrypoint"].startswith("flows/predict.py") else cifar_pipeline
-
-
-def pool_bound(names: list[str]) -> list[str]:
+def pool_bound(specs: list[dict[str, Any]]) -> list[str]:
     """Deployments of these names that a work pool already executes (applied from prefect.yaml).
 
     `serve` would take over their schedule while the pool's workers still pick up their runs and
@@ -61,19 +60,20 @@ def pool_bound(names: list[str]) -> list[str]:
 
     bound = []
     with get_client(sync_client=True) as client:
-        for name in names:
+        for spec in specs:
+            full_name = f"{FLOWS[spec['entrypoint']].name}/{spec['name']}"
             try:
-                deployment = client.read_deployment_by_name(name)
+                deployment = client.read_deployment_by_name(full_name)
             except ObjectNotFound:
                 continue
             if deployment.work_pool_name:
-                bound.append(f"{name} (work pool {deployment.work_pool_name})")
+                bound.append(f"{full_name} (work pool {deployment.work_pool_name})")
     return bound
 
 
 def main(limit: int | None = None) -> None:
     specs = load_deployments()
-    conflicts = pool_bound([f"{_flow(spec).name}/{spec['name']}" for spec in specs])
+    conflicts = pool_bound(specs)
     if conflicts:
         raise ConfigError(
             "these deployments already run on a work pool: " + ", ".join(conflicts) + ". Use the worker, or "

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="search hyperparameters with Optuna (trials in parallel, locally or on "
                                          "a work pool); the winner on validation meets the champion")
     _add_sweep_options(sweep)
-    for p in (run, show, sweep):
+    doctor = sub.add_parser("doctor", help="diagnose why a configuration does not learn (a minute or two); "
+                                           "exit 1 when a check fails")
+    for p in (run, show, sweep, doctor):
         for name, field in PipelineConfig.model_fields.items():
             flag = "--" + name.replace("_", "-")
             aliases = ["--output"] if name == "output_dir" else []
@@ -206,6 +208,19 @@ def run(config: PipelineConfig) -> int:
     return 0
 
 
+def run_doctor(config: PipelineConfig) -> int:
+    from flows.doctor import doctor
+
+    state = doctor(config=config, return_state=True)
+    if not state.is_completed():
+        outcome = state.result(raise_on_failure=False)
+        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
+        return _fail(reason, 1, state=state.name)
+    summary = state.result()
+    print(json.dumps(summary.model_dump()))
+    return 1 if summary.status == "fail" else 0
+
+
 def serve(limit: int | None) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -244,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         print(config.resolved().model_dump_json(indent=2))
         return 0
     try:
-        return sweep(ns, config) if ns.command == "sweep" else run(config)
+        if ns.command == "sweep":
+            return sweep(ns, config)
+        return run_doctor(config) if ns.command == "doctor" else run(config)
     except KeyboardInterrupt:
         return _fail("interrupted; finished epochs are checkpointed and the next run resumes them", 130)
     except PipelineError as exc:

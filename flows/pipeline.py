@@ -15,10 +15,11 @@ from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
+from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.extra_data import check_folders
 from cifar_pipeline.files import atomic_write_json
 from tasks import (
-    build_dataset_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
+    build_dataset_task, doctor_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
     scan_extra_data_task, train_task,
 )
 
@@ -74,6 +75,18 @@ def change_note(states: dict[str, str]) -> tuple[bool, str]:
     return False, f"new work: {', '.join(ran)} ran" + ("" if "train" in ran else "; the model was not retrained")
 
 
+def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str) -> Any:
+    """The doctor's quick checks into the run folder (diagnosis.md) and the `cifar-diagnosis` artifact."""
+    get_run_logger().warning("%s: running the doctor's quick checks", why)
+    try:
+        return steps.run(doctor_task, config=cfg, dataset=dataset, folder=str(run_dir), quick=True,
+                         prefix="diagnosis", artifact_key="cifar-diagnosis",
+                         title=f"Diagnosis of run {run_id} ({why})")
+    except Exception as exc:  # noqa: BLE001 - a failed diagnosis must not hide the run's own outcome
+        get_run_logger().warning("the quick checks failed: %s", exc)
+        return None
+
+
 def _missing_files(record: Any) -> bool:
     paths = [getattr(record, name, None) for name in ("path", "checkpoint")]
     return any(p is not None and not Path(p).exists() for p in paths)
@@ -112,7 +125,15 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         # quote: Prefect would otherwise walk every entry of a large manifest looking for futures.
         extra = steps.run(extra_data_task, manifest=quote(manifest), policy=cfg.bad_images,
                           max_pixels=cfg.max_image_pixels, cache_dir=str(cache))
-    trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
+    try:
+        trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
+    except TrainingDiverged:
+        # The run still fails, but whoever finds it in the UI gets the diagnosis with it.
+        _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss became NaN")
+        raise
+    diagnosis = None
+    if any(e.at_chance for e in trained.epochs):
+        diagnosis = _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss sat at chance level")
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)
@@ -121,7 +142,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
-        decision=decision, extra=extra, note=note,
+        decision=decision, extra=extra, note=note, diagnosis=diagnosis.section if diagnosis is not None else "",
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,

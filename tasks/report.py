@@ -18,9 +18,10 @@ def report_task(
     run_dir: str, run_id: str, cfg: PipelineConfig, requested: PipelineConfig, archive: ArchiveRecord,
     dataset: DatasetRecord, trained: TrainRecord, evaluated: EvalRecord, timings: dict[str, float],
     states: dict[str, str], decision: PromotionDecision, extra: ExtraDataRecord | None = None, note: str = "",
+    diagnosis: str = "",
 ) -> ReportRecord:
     report = write_report(run_dir, run_id, cfg, requested, archive, dataset, trained, evaluated, timings, states,
-                          decision, extra=extra, note=note)
+                          decision, extra=extra, note=note, diagnosis=diagnosis)
     create_markdown_artifact(inline_images(report.markdown, report.run_dir), key="cifar-report",
                              description=f"Run {run_id}: test accuracy {evaluated.accuracy:.2%}")
     create_table_artifact(evaluated.per_class_frame().to_dict(orient="records"), key="cifar-per-class",

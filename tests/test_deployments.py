@@ -95,6 +95,9 @@ def test_prefect_yaml_creates_a_scheduled_nightly_and_an_on_demand_deployment(de
     with _client() as client:
         scoring = client.read_deployment_by_name("cifar-predict/score-folder")
     assert scoring.schedules == [] and scoring.parameters == {"folder": "incoming"}
+    with _client() as client:
+        doctor = client.read_deployment_by_name("cifar-doctor/doctor")
+    assert doctor.schedules == [] and doctor.work_pool_name == "cifar-cpu"
 
     # The UI form: the typed config, every field described, ranges included.
     schema = on_demand.parameter_openapi_schema
@@ -194,7 +197,8 @@ def test_serve_registers_the_same_deployments_and_runs_them(worker, api, tmp_pat
     from prefect.deployments import run_deployment
 
     stop(worker)  # one way of running at a time: serve replaces the pool-bound deployments
-    for name in ("cifar-pipeline/nightly", "cifar-pipeline/on-demand", "cifar-predict/score-folder"):
+    for name in ("cifar-pipeline/nightly", "cifar-pipeline/on-demand", "cifar-predict/score-folder",
+                 "cifar-doctor/doctor"):
         assert api.cli("deployment", "delete", name, cwd=ROOT).returncode == 0
     proc = start([str(BIN / "cifar-pipeline"), "serve"], api.env, api.home / "serve.log", cwd=ROOT)
     try:

@@ -1,0 +1,20 @@
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from cifar_pipeline.config import PipelineConfig
+from cifar_pipeline.dataset import DatasetRecord
+from cifar_pipeline.doctor_report import DoctorReport, doctor_dataset
+from cifar_pipeline.report import inline_images
+
+
+# Never cached: a diagnosis is asked for because something looks wrong now.
+@task(name="doctor", cache_policy=NO_CACHE, persist_result=False)
+def doctor_task(config: PipelineConfig, dataset: DatasetRecord, folder: str, title: str, quick: bool = False,
+                prefix: str = "doctor", artifact_key: str = "cifar-doctor") -> DoctorReport:
+    report = doctor_dataset(config, dataset, folder, title, quick=quick, prefix=prefix)
+    create_markdown_artifact(inline_images(report.markdown, report.folder), key=artifact_key,
+                             description=f"{title}: {report.status}")
+    create_table_artifact([{"check": name, **verdict} for name, verdict in report.checks.items()],
+                          key=f"{artifact_key}-checks", description=f"{title}: checks")
+    return report
