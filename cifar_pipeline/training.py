@@ -31,6 +31,7 @@ from .batches import TrainBatches, to_device_images
 from .augment import normalizer, to_float
 from .checkpoint import save_checkpoint, try_load_checkpoint
 from .config import PipelineConfig
+from .cpu_tuning import CpuSettings, current_cpu_settings
 from .dataset import DatasetRecord, load_arrays
 from .errors import ConfigError, TrainingDiverged
 from .files import atomic_write_json, file_digest, remove_temp_files
@@ -79,6 +80,8 @@ class TrainRecord(BaseModel):
     train_seconds: float
     resumed_from_epoch: int | None
     warnings: list[str]
+    # CPU runs: the machine's class and the settings chosen for it (cifar_pipeline/cpu_tuning.py).
+    cpu_settings: CpuSettings | None = None
 
 
 EpochCallback = Callable[[EpochMetrics, int], None]
@@ -169,7 +172,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
-        channels_last=cfg.channels_last,
+        channels_last=cfg.channels_last, brightness=cfg.brightness, contrast=cfg.contrast,
     )
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
@@ -253,6 +256,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
         parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
         train_seconds=sum(h.seconds for h in run.history),
         resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
+        cpu_settings=current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model) if device.type == "cpu" else None,
     )
 
 
@@ -301,7 +305,7 @@ def _step(forward, optimizer, scaler, x, y, cfg, device, amp_dtype) -> tuple[tor
 def _update_lookahead(run: _Run, cfg: PipelineConfig, epoch: int, total_steps: int) -> None:
     if run.step % Lookahead.EVERY:
         return
-    if run.lookahead is None and cfg.ema and epoch >= Lookahead.START_EPOCH:
+    if run.lookahead is None and cfg.ema and epoch >= cfg.ema_start_epoch:
         run.lookahead = Lookahead(run.model)
     elif run.lookahead is not None:
         run.lookahead.update(run.model, run.lookahead.decay(run.step, total_steps))
