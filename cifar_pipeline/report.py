@@ -20,6 +20,7 @@ from .files import atomic_write_text
 from .plots import plot_confusion, plot_curves, plot_history
 from .provenance import versions
 from .registry import PromotionDecision, read_history
+from .budget import BudgetPlan
 from .training import TrainRecord
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
@@ -66,6 +67,7 @@ def write_report(
     timings: dict[str, float],
     states: dict[str, str] | None = None,
     decision: PromotionDecision | None = None,
+    budget: BudgetPlan | None = None,
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,7 @@ def write_report(
         "train_time": _seconds(trained.train_seconds),
         "device_name": trained.device_name,
         "precision": trained.precision,
+        "machine_section": machine_section(trained, budget),
         "warnings": warnings,
         "epoch_table": _table(epoch_frame(trained), floatfmt=".4g"),
         "class_table": _table(per_class, floatfmt=".2%"),
@@ -114,6 +117,22 @@ def write_report(
     atomic_write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
     atomic_write_text(run_dir / "confusion.csv", evaluated.confusion_frame().to_csv())
     return ReportRecord(path=str(path), run_dir=str(run_dir), accuracy=evaluated.accuracy, markdown=markdown)
+
+
+def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
+    """The time budget's plan and the settings chosen for this CPU (empty when neither applies)."""
+    lines = []
+    if budget is not None:
+        lines.append(f"**Time budget:** {budget.budget_min:g} min. A warm-up measured {budget.seconds_per_epoch:.1f} s "
+                     f"per epoch ({budget.images_per_second:.0f} images/s"
+                     f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
+                     f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs.")
+    cpu = trained.cpu_settings
+    if cpu is not None:
+        why = "; ".join(cpu.reasons) or "as configured"
+        lines.append(f"**CPU:** {cpu.cpu} (class {cpu.cpu_class}{', emulated' if cpu.emulated else ''}): "
+                     f"{cpu.precision}, channels_last {cpu.channels_last}, oneDNN {cpu.mkldnn} ({why}).")
+    return "\n\n".join(lines) + ("\n" if lines else "")
 
 
 def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:

@@ -11,10 +11,11 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
+from cifar_pipeline.budget import planned_config
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.files import atomic_write_json
-from tasks import build_dataset_task, download_task, evaluate_task, promote_task, report_task, train_task
+from tasks import budget_task, build_dataset_task, download_task, evaluate_task, promote_task, report_task, train_task
 
 
 class RunSummary(BaseModel):
@@ -84,6 +85,12 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache),
                         timeout=cfg.download_timeout_s)
     dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
+    budget = None
+    if cfg.time_budget_min:
+        # A measured warm-up decides the epochs; training, evaluation and the report see the planned config.
+        budget = steps.run(budget_task, config=cfg, dataset=dataset, cache_dir=str(cache))
+        logger.info("%s", budget.summary())
+        cfg = planned_config(cfg, budget)
     trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache))
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
@@ -91,7 +98,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
-        decision=decision,
+        decision=decision, budget=budget,
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,

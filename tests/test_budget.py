@@ -73,3 +73,35 @@ def test_the_real_measurement_times_real_steps(tiny_dataset):
     cfg = _cfg(batch_size=32, width=8)
     seconds_per_step, steps_per_epoch, timed = measure_steps(cfg, record)
     assert seconds_per_step > 0 and steps_per_epoch == 200 // 32 and 1 <= timed <= steps_per_epoch
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny_archive):
+    import json
+    from pathlib import Path
+
+    from flows.pipeline import cifar_pipeline
+
+    path, md5 = tiny_archive
+    config = PipelineConfig(preset="smoke", train_subset=0, test_subset=0, batch_size=32, width=8, epochs=5,
+                            time_budget_min=1000, source=[str(path)], md5=md5, output_dir=str(tmp_path))
+    first = cifar_pipeline(config=config)
+    assert first.tasks["plan-budget"] == "Completed" and first.tasks["train"] == "Completed"
+    report = Path(first.report).read_text()
+    assert "**Time budget:** 1000 min" in report and "ran 5 of the configured 5 epochs" in report
+    assert "**CPU:**" in report
+
+    # This machine, made slow: 25,000 s per epoch leave 2 epochs in 1000 minutes.
+    (measurement,) = (tmp_path / "cache" / "budget").glob("*.json")
+    stored = json.loads(measurement.read_text())
+    measurement.write_text(json.dumps({**stored, "seconds_per_step": 25000 / stored["steps_per_epoch"]}))
+    slow = cifar_pipeline(config=config)
+    assert slow.tasks["train"] == "Completed"
+    report = Path(slow.report).read_text()
+    assert "ran 2 of the configured 5 epochs" in report and "reused" in report
+    assert "trained for 2 epochs" in report
+
+    nightly = cifar_pipeline(config=config)
+    assert nightly.tasks["train"] == "Cached" and nightly.tasks["evaluate"] == "Cached"
+    assert nightly.test_accuracy == slow.test_accuracy
