@@ -41,3 +41,21 @@ def test_end_to_end_trial_times_the_blog_script_and_the_cli(tiny_archive, tmp_pa
     trial = end_to_end_trial(str(path), md5, tmp_path / "tv", tmp_path, epochs=1, trial=0)
     assert trial["blog_seconds"] > 0 and trial["pipeline_seconds"] > trial["pipeline_task_seconds"] > 0
     assert 0 <= trial["blog_accuracy"] <= 1 and 0 <= trial["pipeline_accuracy"] <= 1
+
+
+def test_port_check_sides_run_on_the_tiny_archive(tiny_dataset, tmp_path):
+    import os
+
+    import torch
+
+    from benchmarks.port_check import airbench_side, pipeline_side
+
+    record, _ = tiny_dataset
+    ours = pipeline_side(record, tmp_path, seed=0, precision="fp32", overrides=dict(epochs=1, batch_size=32, width=8))
+    assert ours["precision"] == "fp32" and 0 <= ours["accuracy_tta2"] <= 1
+    src = os.environ.get("AIRBENCH_SRC")  # an unpacked `pip download --no-deps airbench==0.1.8`
+    if not src:
+        pytest.skip("AIRBENCH_SRC not set: the published package's side was not run")
+    theirs = airbench_side(src, record, tmp_path, seed=0, epochs=1, batch_size=32)
+    assert 0 <= theirs["accuracy_tta2"] <= 1 and theirs["train_seconds"] > 0
+    assert torch.Tensor.half(torch.ones(1)).dtype == torch.float16  # the patches are undone
