@@ -136,13 +136,25 @@ def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConf
 
 def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> tuple[float, int, int]:
     """(seconds per step, steps per epoch, timed steps) of the real training step on the real device."""
-    from .batches import TrainBatches
-    from .runtime import autocast_dtype, resolve_device, tune_cpu_allocator
-    from .training import _new_run, _step, _sync, training_data
+    from .cpu_tuning import current_cpu_settings
+    from .runtime import resolve_device, tune_cpu_allocator
 
     device = device or resolve_device(cfg.device)
+    threads = torch.get_num_threads()
     if device.type == "cpu":
         tune_cpu_allocator()
+        torch.set_num_threads(current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model).threads)
+    try:
+        return _measure(cfg, dataset, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
+    from .batches import TrainBatches
+    from .runtime import autocast_dtype
+    from .training import _new_run, _step, _sync, training_data
+
     data = training_data(cfg, dataset)
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,

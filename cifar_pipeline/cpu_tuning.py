@@ -9,8 +9,10 @@ AVX2 one: torch's capability then says AVX2, and bf16 counts as not native.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -85,6 +87,8 @@ class CpuSettings(BaseModel):
     precision: str  # what runs: "bf16" only with native bf16, else "fp32"
     channels_last: bool  # memory layout of the conv layers
     mkldnn: bool  # oneDNN kernels for conv/linear (False: ATen's native kernels)
+    threads: int  # intra-op threads training uses
+    busy_cores: float  # CPU other work kept busy just before training (measured, in cores)
     emulated: bool  # the capability was forced down by the environment (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA)
     reasons: list[str]
 
@@ -95,15 +99,17 @@ def capability_forced(environ: dict[str, str] | None = None) -> bool:
 
 
 def choose_cpu_settings(info: CpuInfo, precision: str, channels_last: bool, model: str,
-                        emulated: bool = False) -> CpuSettings:
-    """The settings a run uses on `info`'s CPU, given what the config asks for.
+                        emulated: bool = False, busy_cores: float = 0.0) -> CpuSettings:
+    """The settings a run uses on `info`'s CPU, given what the config asks for and how busy the CPU is.
 
-    Pure: everything it depends on is an argument. Measured (benchmarks/RESULTS.md, profiling notes):
+    Pure: everything it depends on is an argument. Measured (benchmarks/RESULTS.md, "Profiling"):
     - bf16 autocast pays only with native bf16; emulated, it is several times slower than fp32,
-      so a bf16 config runs fp32 there (the result is the same recipe within seed noise).
-    - channels_last is kept as configured: for the seed Net at batch 16 it is as fast or faster on
-      both AVX-512 and (emulated) AVX2, and for airnet it is oneDNN's preferred layout.
-    - oneDNN stays on: ATen's native conv kernels (mkldnn off) were slower in every case measured.
+      so a bf16 config runs fp32 there (the same recipe, results within seed noise).
+    - threads: torch's OpenMP threads wait for each other at every op; when other work holds a core,
+      a thread loses its core mid-op and the whole step waits (seed Net, batch 16, 2 cores under
+      load: 47 img/s with 2 threads against 733 with 1). So a run leaves busy cores to their work.
+    - channels_last stays as configured (faster for the seed Net at batch 16, oneDNN's layout for
+      airnet); oneDNN stays on (ATen's native convs were far slower in every case tried).
     """
     reasons = []
     run_precision = precision
@@ -113,9 +119,37 @@ def choose_cpu_settings(info: CpuInfo, precision: str, channels_last: bool, mode
     elif precision == "fp16":
         run_precision = "fp32"
         reasons.append("fp16 autocast is CUDA-only: runs fp32")
+    threads = info.threads
+    if busy_cores >= 0.5:
+        threads = max(1, min(info.threads, info.threads - math.ceil(busy_cores - 0.25)))
+        if threads < info.threads:
+            reasons.append(f"other work kept {busy_cores:.1f} cores busy: {threads} of {info.threads} threads")
     return CpuSettings(cpu_class=info.cpu_class, cpu=info.key(), precision=run_precision,
-                       channels_last=channels_last, mkldnn=True, emulated=emulated, reasons=reasons)
+                       channels_last=channels_last, mkldnn=True, threads=threads, busy_cores=round(busy_cores, 2),
+                       emulated=emulated, reasons=reasons)
 
 
-def current_cpu_settings(precision: str, channels_last: bool, model: str) -> CpuSettings:
-    return choose_cpu_settings(detect_cpu(), precision, channels_last, model, emulated=capability_forced())
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores kept busy by other work (other processes, and this one's background threads such as an
+    in-process Prefect server) while the calling thread sleeps; 0.0 where /proc/stat is missing."""
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields) - idle, sum(fields)
+
+    first = sample()
+    time.sleep(seconds)
+    second = sample()
+    if first is None or second is None or second[1] == first[1]:
+        return 0.0
+    cores = os.cpu_count() or 1
+    return cores * (second[0] - first[0]) / (second[1] - first[1])
+
+
+def current_cpu_settings(precision: str, channels_last: bool, model: str, load: float | None = None) -> CpuSettings:
+    return choose_cpu_settings(detect_cpu(), precision, channels_last, model, emulated=capability_forced(),
+                               busy_cores=busy_cores() if load is None else load)

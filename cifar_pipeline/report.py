@@ -131,7 +131,8 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
     if cpu is not None:
         why = "; ".join(cpu.reasons) or "as configured"
         lines.append(f"**CPU:** {cpu.cpu} (class {cpu.cpu_class}{', emulated' if cpu.emulated else ''}): "
-                     f"{cpu.precision}, channels_last {cpu.channels_last}, oneDNN {cpu.mkldnn} ({why}).")
+                     f"{cpu.precision}, {cpu.threads} thread(s), channels_last {cpu.channels_last}, oneDNN {cpu.mkldnn} "
+                     f"({why}).")
     return "\n\n".join(lines) + ("\n" if lines else "")
 
 

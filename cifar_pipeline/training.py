@@ -166,8 +166,22 @@ class _Run:
 
 def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
     device = resolve_device(cfg.device)
+    cpu_settings = None
     if device.type == "cpu":
         tune_cpu_allocator()
+        cpu_settings = current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model)
+        log.info("CPU %s: %s, %d thread(s)%s", cpu_settings.cpu_class, cpu_settings.precision, cpu_settings.threads,
+                 "".join(f"; {r}" for r in cpu_settings.reasons))
+    threads = torch.get_num_threads()
+    try:
+        if cpu_settings is not None:
+            torch.set_num_threads(cpu_settings.threads)
+        return _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings) -> TrainRecord:
     data = training_data(cfg, dataset)
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
@@ -256,7 +270,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress) -> TrainRecord:
         parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
         train_seconds=sum(h.seconds for h in run.history),
         resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
-        cpu_settings=current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model) if device.type == "cpu" else None,
+        cpu_settings=cpu_settings,
     )
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from cifar_pipeline.cpu_tuning import CpuInfo, capability_forced, choose_cpu_settings, detect_cpu
+from cifar_pipeline.cpu_tuning import CpuInfo, busy_cores, capability_forced, choose_cpu_settings, detect_cpu
 from cifar_pipeline.runtime import autocast_dtype
 
 XEON_BF16 = CpuInfo("Intel(R) Xeon(R) Processor", "AVX512", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), 2)
@@ -50,3 +50,14 @@ def test_detection_and_autocast_agree_on_this_machine():
     assert info.capability == torch.backends.cpu.get_cpu_capability() and info.threads >= 1
     expected = torch.bfloat16 if info.native_bf16 else None
     assert autocast_dtype(torch.device("cpu"), "bf16") == expected
+
+
+def test_busy_cores_are_left_to_the_work_that_holds_them():
+    quiet = choose_cpu_settings(EPYC_AVX2, "fp32", True, "seed_net", busy_cores=0.2)
+    assert quiet.threads == 2 and quiet.reasons == []
+    shared = choose_cpu_settings(EPYC_AVX2, "fp32", True, "seed_net", busy_cores=0.9)
+    assert shared.threads == 1 and "0.9 cores busy: 1 of 2 threads" in shared.reasons[0]
+    assert choose_cpu_settings(EPYC_AVX2, "fp32", True, "seed_net", busy_cores=9.0).threads == 1
+    eight = CpuInfo("AMD EPYC 7B13", "AVX2", frozenset({"avx2"}), 8)
+    assert choose_cpu_settings(eight, "fp32", True, "airnet", busy_cores=2.1).threads == 6
+    assert 0.0 <= busy_cores(0.05) <= (__import__("os").cpu_count() or 1)
