@@ -59,3 +59,11 @@ def test_port_check_sides_run_on_the_tiny_archive(tiny_dataset, tmp_path):
     theirs = airbench_side(src, record, tmp_path, seed=0, epochs=1, batch_size=32)
     assert 0 <= theirs["accuracy_tta2"] <= 1 and theirs["train_seconds"] > 0
     assert torch.Tensor.half(torch.ones(1)).dtype == torch.float16  # the patches are undone
+
+
+def test_profiling_script_compares_options(capsys):
+    from benchmarks.profile_seed import compare
+
+    compare(steps=2, rounds=1)
+    out = capsys.readouterr().out
+    assert "channels_last, 1 thread" in out and "contiguous" in out
