@@ -10,7 +10,7 @@
 
 Parts: seed (a), floor (b), cpu (c), e2e (e); `--parts seed,e2e` runs only those. The header names
 the CPU class the figures belong to (benchmarks/RESULTS.md keeps one table per class). To see an
-AVX-512 machine behave as an AVX2 one, run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+AVX-512 machine behave as an AVX2 one, run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 (the header then says "emulated").
 
     python benchmarks/cpu_benchmark.py --archive PATH --md5 HEX [--parts seed,floor,cpu,e2e] [--trials 5]

@@ -5,7 +5,7 @@
 
 `compare` times channels_last against contiguous, 2 threads against 1, oneDNN off, and bf16 autocast
 where native, round-robin so that machine noise hits each alike. Prefix ATEN_CPU_CAPABILITY=avx2
-ONEDNN_MAX_CPU_ISA=AVX2 to emulate an AVX2 CPU; OMP_WAIT_POLICY=PASSIVE to see the OpenMP wait policy.
+ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 to emulate an AVX2 CPU; OMP_WAIT_POLICY=PASSIVE to see the OpenMP wait policy.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The pipeline's speed figures differ by CPU class: an AVX-512 BF16 CPU runs bf16 autocast natively,
 an AVX2 one has no bf16 instructions and would emulate it slowly. `detect_cpu()` reads the machine;
 `choose_cpu_settings()` decides from what it is given, so the decision is tested with any CPU injected.
-Run with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 to see an AVX-512 machine behave as an
+Run with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 to see an AVX-512 machine behave as an
 AVX2 one: torch's capability then says AVX2, and bf16 counts as not native.
 """
 
