@@ -2,6 +2,7 @@
 
     python benchmarks/profile_seed.py profile [--steps 50] [--contiguous]   # torch.profiler table by op
     python benchmarks/profile_seed.py compare [--steps 40] [--rounds 3]     # options interleaved in one process
+    python benchmarks/profile_seed.py layers                                # each conv: layout x kernel, fwd+bwd
 
 `compare` times channels_last against contiguous, 2 threads against 1, oneDNN off, and bf16 autocast
 where native, round-robin so that machine noise hits each alike. Prefix ATEN_CPU_CAPABILITY=avx2
@@ -80,6 +81,39 @@ def compare(steps: int, rounds: int) -> None:
         print(f"{name:32} median {statistics.median(values):7.0f} img/s  ({', '.join(f'{v:.0f}' for v in values)})")
 
 
+def layers(rounds: int) -> None:
+    """Forward + backward of each of the Net's convs alone, batch 16: is one layout or kernel better per layer?"""
+    shapes = [(3, 10, 32), (10, 20, 28), (20, 20, 24), (20, 10, 20)]  # (in, out, input size), 5x5 each
+
+    def make(cin: int, cout: int, size: int, fmt: torch.memory_format, mkldnn: bool, input_grad: bool):
+        conv = torch.nn.Conv2d(cin, cout, 5).to(memory_format=fmt)
+        x = torch.rand(BATCH, cin, size, size).contiguous(memory_format=fmt).requires_grad_(input_grad)
+
+        def trial(n: int = 30) -> float:
+            torch.backends.mkldnn.enabled = mkldnn
+            start = time.perf_counter()
+            for _ in range(n):
+                y = conv(x)
+                y.backward(torch.ones_like(y))
+            torch.backends.mkldnn.enabled = True
+            return 1e3 * (time.perf_counter() - start) / n
+
+        return trial
+
+    for i, (cin, cout, size) in enumerate(shapes):
+        options = {f"{name}{'' if mkldnn else ', oneDNN off'}": make(cin, cout, size, fmt, mkldnn, i > 0)
+                   for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format))
+                   for mkldnn in (True, False)}
+        for trial in options.values():
+            trial(5)
+        results: dict[str, list[float]] = {name: [] for name in options}
+        for _ in range(rounds):
+            for name, trial in options.items():
+                results[name].append(trial())
+        print(f"conv{i + 1} {cin}->{cout} at {size}x{size}: " +
+              "; ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in results.items()), flush=True)
+
+
 def profile(steps: int, channels_last: bool) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -93,7 +127,7 @@ def profile(steps: int, channels_last: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["profile", "compare"])
+    parser.add_argument("mode", choices=["profile", "compare", "layers"])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--contiguous", action="store_true")
@@ -104,6 +138,8 @@ def main() -> None:
           f"class {cpu.cpu_class}; native bf16 {cpu.native_bf16}; {cpu.threads} threads", flush=True)
     if args.mode == "profile":
         profile(args.steps or 50, not args.contiguous)
+    elif args.mode == "layers":
+        layers(args.rounds)
     else:
         compare(args.steps or 40, args.rounds)
 
