@@ -129,7 +129,7 @@ def choose_cpu_settings(info: CpuInfo, precision: str, channels_last: bool, mode
                        emulated=emulated, reasons=reasons)
 
 
-def busy_cores(seconds: float = 0.5) -> float:
+def busy_cores(seconds: float = 0.3) -> float:
     """Cores kept busy by other work (other processes, and this one's background threads such as an
     in-process Prefect server) while the calling thread sleeps; 0.0 where /proc/stat is missing."""
     def sample() -> tuple[int, int] | None:

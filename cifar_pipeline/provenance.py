@@ -15,8 +15,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CODE_PARTS = {
     "data": ["dataset.py"],
     "train": ["training.py", "scoring.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
-              "models"],
-    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "models"],
+              "cpu_tuning.py", "models"],
+    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "cpu_tuning.py",
+             "models"],
 }
 
 
