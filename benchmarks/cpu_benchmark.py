@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.seed_code import train_images_per_second  # noqa: E402
 from cifar_pipeline.config import PipelineConfig  # noqa: E402
-from cifar_pipeline.cpu_tuning import capability_forced, detect_cpu  # noqa: E402
+from cifar_pipeline.cpu_tuning import busy_cores, capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.dataset import build_dataset, extract_archive  # noqa: E402
 from cifar_pipeline.download import fetch_archive  # noqa: E402
 from cifar_pipeline.evaluation import evaluate  # noqa: E402
@@ -53,7 +53,9 @@ def machine_header() -> dict:
     cpu = detect_cpu()
     return {"cpu_model": cpu.model, "cpu_capability": cpu.capability, "cpu_class": cpu.cpu_class,
             "native_bf16": cpu.native_bf16, "emulated": capability_forced(), "threads": cpu.threads,
-            "torch": torch.__version__}
+            # Other work at the start: the pipeline leaves busy cores alone, the blog's code does not,
+            # so figures from a busy machine favour the pipeline. Measure on a quiet one (~0).
+            "busy_cores_at_start": round(busy_cores(1.0), 2), "torch": torch.__version__}
 
 
 def parse_parts(text: str) -> list[str]:
@@ -141,7 +143,7 @@ def main() -> None:
     print(f"CPU: {m['cpu_model']}; torch capability {m['cpu_capability']}"
           f"{' (emulated: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA set)' if m['emulated'] else ''}; "
           f"class {m['cpu_class']}; native bf16 {'yes' if m['native_bf16'] else 'no'}; {m['threads']} threads; "
-          f"torch {m['torch']}", flush=True)
+          f"other work busy on {m['busy_cores_at_start']} cores; torch {m['torch']}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="cifar-bench-"))
     archive = fetch_archive([args.archive], args.md5, work)
