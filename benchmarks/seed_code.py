@@ -7,6 +7,7 @@ per-image ToTensor + Normalize([0], [1]), DataLoader(batch 16, shuffle), Net, SG
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -74,3 +75,39 @@ def train_images_per_second(root: str, n_images: int, seed: int = 0) -> float:
         optimizer.step()
         running_loss += loss.item()  # the blog adds the tensor; .item() keeps the graph from growing
     return n_images / (time.perf_counter() - start)
+
+
+def blog_run(root: str, epochs: int, seed: int = 0) -> float:
+    """The blog's script end to end: load the data, train `epochs` epochs, test accuracy (what a user waits for)."""
+    torch.manual_seed(seed)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0], [1])])
+    trainset = CIFAR10(root=root, train=True, download=False, transform=transform)
+    trainloader = torch.utils.data.DataLoader(dataset=trainset, batch_size=16, shuffle=True)
+    testset = CIFAR10(root=root, train=False, download=False, transform=transform)
+    testloader = torch.utils.data.DataLoader(dataset=testset, batch_size=16, shuffle=False)
+    model = Net()
+    loss_func = nn.CrossEntropyLoss()
+    optimizer = optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(epochs):
+        model.train()
+        for images, labels in trainloader:
+            optimizer.zero_grad()
+            loss = loss_func(model(images), labels)
+            loss.backward()
+            optimizer.step()
+    correct = total = 0
+    model.eval()
+    with torch.no_grad():
+        for images, labels in testloader:
+            correct += (model(images).argmax(1) == labels).sum().item()
+            total += len(labels)
+    return correct / total
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The seed blog's code, end to end (for wall-time comparisons).")
+    parser.add_argument("--root", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"test accuracy {blog_run(args.root, args.epochs, args.seed):.4f}")

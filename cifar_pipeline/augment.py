@@ -66,6 +66,16 @@ def cutout_mask(corners: torch.Tensor, size: int, h: int = 32, w: int = 32) -> t
     return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
+def jitter_colour(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """Per-image contrast (scaled about the image's mean) then brightness, on pixels in [0, 1], clipped.
+
+    `brightness` and `contrast` hold one offset and one factor per image, shape (N,).
+    """
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean).mul_(contrast.view(-1, 1, 1, 1)).add_(mean + brightness.view(-1, 1, 1, 1))
+    return x.clamp_(0.0, 1.0)
+
+
 def normalizer(kind: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) per channel so that float_batch = uint8_batch * scale + shift."""
     if kind == "unit":  # the blog: ToTensor() then Normalize([0], [1]), i.e. x / 255

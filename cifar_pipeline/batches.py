@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import cutout_mask, gather_views, generator, normalizer, to_float
+from .augment import cutout_mask, gather_views, generator, jitter_colour, normalizer, to_float
 
 
 def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -35,6 +35,8 @@ class TrainBatches:
         translate: int = 0,
         cutout: int = 0,
         channels_last: bool = False,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
@@ -45,6 +47,7 @@ class TrainBatches:
         self.seed = seed
         self.flip, self.translate, self.cutout = flip, translate, cutout
         self.channels_last = channels_last
+        self.brightness, self.contrast = brightness, contrast
         self.scale, self.shift = normalizer(normalize, self.device)
         self.data_seconds = 0.0
         # "alternate" flips half the images in even epochs and the other half in odd ones.
@@ -71,9 +74,15 @@ class TrainBatches:
         corners = None
         if self.cutout:
             corners = torch.randint(0, 32 - self.cutout + 1, (n, 2), generator=g)
+        # Drawn after the others, so switching jitter on leaves the other choices as they were.
+        offsets = factors = None
+        if self.brightness or self.contrast:
+            offsets = (torch.rand(n, generator=g) * 2 - 1) * self.brightness
+            factors = 1 + (torch.rand(n, generator=g) * 2 - 1) * self.contrast
         to = self.device
         return {k: (v.to(to) if v is not None else None)
-                for k, v in dict(order=order, shifts=shifts, flips=flips, corners=corners).items()}
+                for k, v in dict(order=order, shifts=shifts, flips=flips, corners=corners,
+                                 offsets=offsets, factors=factors).items()}
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.plan(epoch)
@@ -84,7 +93,12 @@ class TrainBatches:
             shifts = plan["shifts"][pos] if plan["shifts"] is not None else None
             # Flip and cutout choices belong to the image, not to its position in the epoch.
             flips = plan["flips"][pos] if plan["flips"] is not None else None
-            x = to_float(gather_views(self.images, pos, shifts, flips), self.scale, self.shift, self.channels_last)
+            views = gather_views(self.images, pos, shifts, flips)
+            if plan["offsets"] is not None:
+                x = jitter_colour(views.float().div_(255), plan["offsets"][pos], plan["factors"][pos])
+                x = to_float(x, self.scale * 255, self.shift, self.channels_last)
+            else:
+                x = to_float(views, self.scale, self.shift, self.channels_last)
             if plan["corners"] is not None:
                 x.masked_fill_(cutout_mask(plan["corners"][pos], self.cutout), 0.0)
             y = self.labels[pos]

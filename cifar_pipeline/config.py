@@ -130,7 +130,10 @@ class PipelineConfig(BaseModel):
         "train", "Triangle: where the peak lies, as a fraction of training (0: decay from the start)."
     )
     lr_end: Opt(float, ge=0, le=1) = _field("train", "Triangle: lr at the last step, as a fraction of lr.")
-    ema: Opt(bool) = _field("train", "Lookahead weight averaging from epoch 3 on (airbench).")
+    ema: Opt(bool) = _field("train", "Lookahead weight averaging (airbench).")
+    ema_start_epoch: Opt(int, ge=0, le=1000) = _field(
+        "train", "Lookahead: the epoch it starts in (airbench94: 0, from the first step)."
+    )
     whiten_bias_epochs: Opt(int, ge=0, le=1000) = _field(
         "train", "airnet: epochs during which the whitening layer's bias trains."
     )
@@ -143,6 +146,12 @@ class PipelineConfig(BaseModel):
     )
     translate: Opt(int, ge=0, le=8) = _field("train", "Random translation in pixels (reflect padding).")
     cutout: Opt(int, ge=0, le=32) = _field("train", "Cutout square size in pixels (0 = off).")
+    brightness: Opt(float, ge=0, le=1) = _field(
+        "train", "Colour jitter: each image's brightness shifts by up to this (pixels in [0, 1]); 0 = off."
+    )
+    contrast: Opt(float, ge=0, lt=1) = _field(
+        "train", "Colour jitter: each image's contrast scales by a factor in [1 - this, 1 + this]; 0 = off."
+    )
     # --- speed; these change speed, not the method
     channels_last: Opt(bool) = _field("train", "Use channels-last memory layout.")
     precision: Opt(Literal["fp32", "bf16", "fp16"]) = _field(

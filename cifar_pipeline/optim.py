@@ -109,7 +109,6 @@ class Lookahead:
     steps move freely and the final weights are a strong average.
     """
 
-    START_EPOCH = 3
     EVERY = 5
     BASE = 0.95
     POWER = 3.0

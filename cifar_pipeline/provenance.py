@@ -16,8 +16,9 @@ CODE_PARTS = {
     "data": ["dataset.py"],
     "extra": ["extra_data.py", "image_files.py"],
     "train": ["training.py", "scoring.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
-              "models"],
-    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "models"],
+              "cpu_tuning.py", "models"],
+    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "cpu_tuning.py",
+             "models"],
 }
 
 

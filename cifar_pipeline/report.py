@@ -23,6 +23,7 @@ from .model_card import confused_pairs
 from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
 from .provenance import versions
 from .registry import PromotionDecision, read_history
+from .budget import BudgetPlan
 from .training import TrainRecord, training_data
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
@@ -75,6 +76,7 @@ def write_report(
     extra: ExtraDataRecord | None = None,
     note: str = "",
     diagnosis: str = "",  # Markdown of the doctor's quick checks, for a run that sat at chance
+    budget: BudgetPlan | None = None,
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,7 @@ def write_report(
         "train_time": _seconds(trained.train_seconds),
         "device_name": trained.device_name,
         "precision": trained.precision,
+        "machine_section": machine_section(trained, budget),
         "warnings": warnings + (f"\n## Diagnosis (the doctor's quick checks)\n\n{diagnosis}\n" if diagnosis else ""),
         "epoch_table": _table(epoch_frame(trained), floatfmt=".4g"),
         "class_table": _table(per_class, floatfmt=".2%"),
@@ -151,6 +154,23 @@ def predictions_section(evaluated: EvalRecord, dataset: DatasetRecord, run_dir: 
                   "| true | predicted | images |", "|---|---|---|",
                   *[f"| {t} | {p} | {n} |" for t, p, n in pairs], "", "![Most-confused pairs](confused.png)", ""]
     return "\n".join(lines)
+
+
+def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
+    """The time budget's plan and the settings chosen for this CPU (empty when neither applies)."""
+    lines = []
+    if budget is not None:
+        lines.append(f"**Time budget:** {budget.budget_min:g} min. A warm-up measured {budget.seconds_per_epoch:.1f} s "
+                     f"per epoch ({budget.images_per_second:.0f} images/s"
+                     f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
+                     f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs.")
+    cpu = trained.cpu_settings
+    if cpu is not None:
+        why = "; ".join(cpu.reasons) or "as configured"
+        lines.append(f"**CPU:** {cpu.cpu} (class {cpu.cpu_class}{', emulated' if cpu.emulated else ''}): "
+                     f"{cpu.precision}, {cpu.threads} thread(s), channels_last {cpu.channels_last}, oneDNN {cpu.mkldnn} "
+                     f"({why}).")
+    return "\n\n".join(lines) + ("\n" if lines else "")
 
 
 def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:

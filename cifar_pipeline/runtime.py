@@ -47,15 +47,12 @@ def tune_cpu_allocator() -> bool:
         return False
 
 
-@cache
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 dot-product instructions (x86 AVX512-BF16/AMX, Arm BF16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    """True when the CPU has bf16 dot-product instructions (x86 AVX512-BF16/AMX, Arm BF16) and
+    torch's kernels may use them (not with ATEN_CPU_CAPABILITY forced down to avx2)."""
+    from .cpu_tuning import detect_cpu
+
+    return detect_cpu().native_bf16
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

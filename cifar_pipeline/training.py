@@ -31,6 +31,7 @@ from .batches import TrainBatches, to_device_images
 from .augment import normalizer, to_float
 from .checkpoint import save_checkpoint, try_load_checkpoint
 from .config import PipelineConfig
+from .cpu_tuning import CpuSettings, current_cpu_settings
 from .dataset import DatasetRecord, load_arrays
 from .errors import ConfigError, TrainingDiverged
 from .extra_data import ExtraDataRecord, load_extra, training_digest
@@ -81,6 +82,8 @@ class TrainRecord(BaseModel):
     train_seconds: float
     resumed_from_epoch: int | None
     warnings: list[str]
+    # CPU runs: the machine's class and the settings chosen for it (cifar_pipeline/cpu_tuning.py).
+    cpu_settings: CpuSettings | None = None
 
     def loss_by_step(self) -> list[tuple[int, float]]:
         """(step at the end of each chunk, the chunk's mean loss) over the whole run, for the report."""
@@ -178,13 +181,27 @@ class _Run:
 
 def _train(cfg, dataset, key, folder, on_epoch, progress, extra=None) -> TrainRecord:
     device = resolve_device(cfg.device)
+    cpu_settings = None
     if device.type == "cpu":
         tune_cpu_allocator()
+        cpu_settings = current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model)
+        log.info("CPU %s: %s, %d thread(s)%s", cpu_settings.cpu_class, cpu_settings.precision, cpu_settings.threads,
+                 "".join(f"; {r}" for r in cpu_settings.reasons))
+    threads = torch.get_num_threads()
+    try:
+        if cpu_settings is not None:
+            torch.set_num_threads(cpu_settings.threads)
+        return _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings, extra)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings, extra) -> TrainRecord:
     data = training_data(cfg, dataset, extra)
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
-        channels_last=cfg.channels_last,
+        channels_last=cfg.channels_last, brightness=cfg.brightness, contrast=cfg.contrast,
     )
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
@@ -268,6 +285,7 @@ def _train(cfg, dataset, key, folder, on_epoch, progress, extra=None) -> TrainRe
         parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
         train_seconds=sum(h.seconds for h in run.history),
         resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
+        cpu_settings=cpu_settings,
     )
 
 
@@ -316,7 +334,7 @@ def _step(forward, optimizer, scaler, x, y, cfg, device, amp_dtype) -> tuple[tor
 def _update_lookahead(run: _Run, cfg: PipelineConfig, epoch: int, total_steps: int) -> None:
     if run.step % Lookahead.EVERY:
         return
-    if run.lookahead is None and cfg.ema and epoch >= Lookahead.START_EPOCH:
+    if run.lookahead is None and cfg.ema and epoch >= cfg.ema_start_epoch:
         run.lookahead = Lookahead(run.model)
     elif run.lookahead is not None:
         run.lookahead.update(run.model, run.lookahead.decay(run.step, total_steps))

@@ -13,13 +13,14 @@ from pydantic import BaseModel
 
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
+from cifar_pipeline.budget import planned_config
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.extra_data import check_folders
 from cifar_pipeline.files import atomic_write_json
 from tasks import (
-    build_dataset_task, doctor_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
+    budget_task, build_dataset_task, doctor_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
     scan_extra_data_task, train_task,
 )
 
@@ -125,6 +126,12 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         # quote: Prefect would otherwise walk every entry of a large manifest looking for futures.
         extra = steps.run(extra_data_task, manifest=quote(manifest), policy=cfg.bad_images,
                           max_pixels=cfg.max_image_pixels, cache_dir=str(cache))
+    budget = None
+    if cfg.time_budget_min:
+        # A measured warm-up decides the epochs; training, evaluation and the report see the planned config.
+        budget = steps.run(budget_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
+        logger.info("%s", budget.summary())
+        cfg = planned_config(cfg, budget)
     try:
         trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
     except TrainingDiverged:
@@ -143,6 +150,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
         decision=decision, extra=extra, note=note, diagnosis=diagnosis.section if diagnosis is not None else "",
+        budget=budget,
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,

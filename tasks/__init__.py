@@ -4,6 +4,7 @@ import logging
 
 import prefect  # noqa: F401  (configures Prefect logging before we copy its handlers)
 
+from .budget import budget_task
 from .dataset import build_dataset_task
 from .doctor import doctor_task
 from .download import download_task
@@ -26,5 +27,5 @@ def _route_library_logs() -> None:
 
 _route_library_logs()
 
-__all__ = ["build_dataset_task", "doctor_task", "download_task", "evaluate_task", "extra_data_task", "promote_task",
-           "report_task", "scan_extra_data_task", "train_task"]
+__all__ = ["budget_task", "build_dataset_task", "doctor_task", "download_task", "evaluate_task", "extra_data_task",
+           "promote_task", "report_task", "scan_extra_data_task", "train_task"]

@@ -2,6 +2,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from cifar_pipeline.budget import BudgetPlan
+
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.dataset import DatasetRecord
 from cifar_pipeline.download import ArchiveRecord
@@ -18,10 +20,10 @@ def report_task(
     run_dir: str, run_id: str, cfg: PipelineConfig, requested: PipelineConfig, archive: ArchiveRecord,
     dataset: DatasetRecord, trained: TrainRecord, evaluated: EvalRecord, timings: dict[str, float],
     states: dict[str, str], decision: PromotionDecision, extra: ExtraDataRecord | None = None, note: str = "",
-    diagnosis: str = "",
+    diagnosis: str = "", budget: BudgetPlan | None = None,
 ) -> ReportRecord:
     report = write_report(run_dir, run_id, cfg, requested, archive, dataset, trained, evaluated, timings, states,
-                          decision, extra=extra, note=note, diagnosis=diagnosis)
+                          decision, extra=extra, note=note, diagnosis=diagnosis, budget=budget)
     create_markdown_artifact(inline_images(report.markdown, report.run_dir), key="cifar-report",
                              description=f"Run {run_id}: test accuracy {evaluated.accuracy:.2%}")
     create_table_artifact(evaluated.per_class_frame().to_dict(orient="records"), key="cifar-per-class",

@@ -64,7 +64,14 @@ class AirNet(nn.Module):
         self.scale = 1 / 9
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.act(self.whiten(x)))
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # fp32 even under bf16 autocast: oneDNN's bf16 2x2 convolution has given wrong results
+            # (pytorch issue 163347), and this layer is a negligible share of the FLOPs.
+            with torch.autocast("cpu", enabled=False):
+                x = self.act(self.whiten(x.float()))
+        else:
+            x = self.act(self.whiten(x))
+        x = self.layers(x)
         return self.head(torch.flatten(self.pool(x), 1)) * self.scale
 
     @torch.no_grad()
