@@ -49,10 +49,23 @@ def _local(source: str) -> Path | None:
     return None
 
 
+def check_places(places: list[tuple[str, str]], environ: Mapping[str, str] | None = None) -> None:
+    """Raise ConfigError naming the first (field, path or file:// URL) outside the allowed roots."""
+    roots = allowed_roots(os.environ if environ is None else environ)
+    if roots is None:
+        return
+    for field, value in places:
+        # resolve() follows links, so a link inside a root that points outside is refused too.
+        path = (_local(value) or Path(value)).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            shown = os.pathsep.join(map(str, roots))
+            raise ConfigError(f"{field} = {value!r} is outside the folders this worker allows ({ROOTS_ENV}={shown})")
+
+
 def check_access(cfg: PipelineConfig, environ: Mapping[str, str] | None = None) -> None:
     """Raise ConfigError naming the first value outside what `environ` allows; `cfg` is resolved."""
     environ = os.environ if environ is None else environ
-    roots, hosts = allowed_roots(environ), allowed_hosts(environ)
+    hosts = allowed_hosts(environ)
     places = [("output_dir", cfg.output_dir)] if cfg.output_dir else []
     places += [("extra_data", folder) for folder in cfg.extra_data or []]
     urls = []
@@ -61,14 +74,7 @@ def check_access(cfg: PipelineConfig, environ: Mapping[str, str] | None = None) 
             urls.append(source)
         else:
             places.append(("source", source))
-    if roots is not None:
-        for field, value in places:
-            # resolve() follows links, so a link inside a root that points outside is refused too.
-            path = (_local(value) if field == "source" else Path(value)).expanduser().resolve()
-            if not any(path.is_relative_to(root) for root in roots):
-                shown = os.pathsep.join(map(str, roots))
-                raise ConfigError(f"{field} = {value!r} is outside the folders this worker allows "
-                                  f"({ROOTS_ENV}={shown})")
+    check_places(places, environ)
     if hosts is not None:
         for url in urls:
             host = (urllib.parse.urlparse(url).hostname or "").lower()

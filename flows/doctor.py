@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
+from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.download import check_sources
 from flows.pipeline import _Steps
@@ -35,6 +36,7 @@ def doctor(config: PipelineConfig = PipelineConfig()) -> DoctorSummary:
     """
     t0 = time.perf_counter()
     cfg = config.resolved()
+    check_access(cfg)
     cache = layout.cache_dir(cfg)
     sources = cfg.sources()
     check_sources(sources, cfg.md5, cache)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from cifar_pipeline.access import check_places
 from cifar_pipeline.prediction_files import PredictSummary
 from tasks.predict import score_folder_task
 
@@ -18,6 +19,8 @@ def predict_folder(folder: str, model: str = "champion", output_dir: str = "outp
     means <output_dir>/predictions/<time>-<folder name>.csv. Files that cannot be read get an error
     row; the run still completes (with a warning), so one bad upload does not hide the other results.
     """
+    # Anyone with the UI sets these paths: the worker's allowed folders apply before anything is read.
+    check_places([("folder", folder), ("output_dir", output_dir), ("output", output or output_dir)])
     summary = score_folder_task(folder=folder, model=model, output_dir=output_dir, output=output or None,
                                 top_k=top_k)
     if summary.failed:

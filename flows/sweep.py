@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
+from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig, validate_config
 from cifar_pipeline.download import check_sources
 from cifar_pipeline.errors import PipelineError
@@ -51,6 +52,7 @@ def _dataset(cfg: PipelineConfig):
 def cifar_trial(config: PipelineConfig, study: str, storage: str, number: int) -> TrialOutcome:
     """One trial of a sweep: train the parameters the study chose for trial `number` and report to it."""
     cfg = config.resolved()
+    check_access(cfg)  # a trial runs on whichever worker takes it: that worker's allowed folders apply
     dataset, cache = _dataset(cfg)
     outcome = trial_task(study=study, storage=storage, number=number, dataset=dataset, cache_dir=str(cache))
     get_run_logger().info("trial %d of %s: %s %s", number, study, outcome.state, outcome.reason)
@@ -77,6 +79,7 @@ def cifar_sweep(
     options = SweepOptions(trials=trials, parallel=parallel, space=space, study=study, storage=storage,
                            trial_deployment=trial_deployment)
     cfg = sweep_config(config.resolved())
+    check_access(cfg)
     search = load_space(options.space, cfg)
     name, url = study_name(options, cfg), storage_url(options, cfg)
     logger = get_run_logger()

@@ -78,3 +78,13 @@ def test_cli_refuses_a_folder_outside_the_roots_in_one_line_before_anything_star
     assert proc.returncode == 2
     assert f"output_dir = '{tmp_path / 'elsewhere'}' is outside the folders this worker allows" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "elsewhere").exists()
+
+
+def test_paths_of_other_flows_are_held_to_the_same_roots(tmp_path):
+    from cifar_pipeline.access import check_places
+
+    env = {"CIFAR_PIPELINE_ALLOWED_ROOTS": str(tmp_path)}
+    check_places([("folder", str(tmp_path / "incoming")), ("output", f"file://{tmp_path}/p.csv")], environ=env)
+    with pytest.raises(ConfigError, match=r"output = '/etc/cron.d/x' is outside the folders this worker allows"):
+        check_places([("folder", str(tmp_path)), ("output", "/etc/cron.d/x")], environ=env)
+    check_places([("output", "/etc/cron.d/x")], environ={})  # no roots set: a laptop, nothing refused
