@@ -89,3 +89,16 @@ class PrefectServer:
     def cli(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=cwd, capture_output=True,
                               text=True, timeout=timeout)
+
+    def deploy(self, root: Path, *names: str) -> None:
+        """Apply deployments/prefect.yaml (all, or the named ones) after creating the work pools they use."""
+        import yaml
+
+        specs = yaml.safe_load((root / "deployments/prefect.yaml").read_text())["deployments"]
+        pools = {s["work_pool"]["name"] for s in specs if not names or s["name"] in names}
+        for pool in sorted(pools):
+            created = self.cli("work-pool", "create", pool, "--type", "process", cwd=root)
+            assert created.returncode == 0, created.stdout + created.stderr
+        which = [arg for name in names for arg in ("-n", name)] or ["--all"]
+        deployed = self.cli("--no-prompt", "deploy", *which, "--prefect-file", "deployments/prefect.yaml", cwd=root)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]

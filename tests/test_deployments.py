@@ -41,12 +41,7 @@ def api(server):
 
 @pytest.fixture(scope="module")
 def deployed(api):
-    created = api.cli("work-pool", "create", "cifar-cpu", "--type", "process", cwd=ROOT)
-    assert created.returncode == 0, created.stdout + created.stderr
-    created = api.cli("work-pool", "create", "cifar-trials", "--type", "process", cwd=ROOT)  # sweep trials' pool
-    assert created.returncode == 0, created.stdout + created.stderr
-    deployed = api.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", cwd=ROOT)
-    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    api.deploy(ROOT)
     return api
 
 

@@ -31,11 +31,7 @@ def pool(tmp_path_factory, tiny_archive):
     with PrefectServer(home) as srv:
         path, md5 = tiny_archive
         srv.env.update(CIFAR_PIPELINE_SOURCE=str(path), CIFAR_PIPELINE_MD5=md5, PYTHONPATH=str(ROOT))
-        created = srv.cli("work-pool", "create", "cifar-trials", "--type", "process", cwd=ROOT)
-        assert created.returncode == 0, created.stdout + created.stderr
-        deployed = srv.cli("--no-prompt", "deploy", "-n", "trial", "--prefect-file", "deployments/prefect.yaml",
-                           cwd=ROOT)
-        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        srv.deploy(ROOT, "trial")
         workers, started = [], {}
         for gpu in ("0", "1"):
             started[gpu] = time.time()

@@ -29,10 +29,7 @@ def test_two_workers_on_a_postgresql_server_run_two_runs_at_once(tmp_path, tiny_
         pg.create_database("prefect")
         with PrefectServer(tmp_path / "server", database=pg.url("asyncpg", "prefect")) as srv, \
                 temporary_settings({PREFECT_API_URL: srv.url}):
-            assert srv.cli("work-pool", "create", "cifar-cpu", "--type", "process", cwd=ROOT).returncode == 0
-            deployed = srv.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml",
-                               cwd=ROOT)
-            assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+            srv.deploy(ROOT)
             workers = []
             for gpu in ("0", "1"):
                 env = {**srv.env, "CUDA_VISIBLE_DEVICES": gpu, "CIFAR_PIPELINE_SOURCE": str(path),

@@ -41,9 +41,7 @@ def ui(tmp_path_factory, tiny_archive):
     with PrefectServer(home, ui=True) as srv, FaultyServer(tiny_archive[0].parent) as http:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        assert srv.cli("work-pool", "create", "cifar-cpu", "--type", "process", cwd=ROOT).returncode == 0
-        deployed = srv.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", cwd=ROOT)
-        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        srv.deploy(ROOT)
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", "2"],
                        srv.env, home / "worker.log", cwd=ROOT)
         try:
