@@ -154,19 +154,12 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
 
 
 def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
-    from .batches import TrainBatches
     from .runtime import autocast_dtype
-    from .training import _new_run, _step, _sync, training_data
+    from .training import _new_run, _step, _sync, train_batches, training_data
 
     data = training_data(cfg, dataset)
-    batches = TrainBatches(
-        data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
-        normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
-        channels_last=cfg.channels_last, brightness=cfg.brightness, contrast=cfg.contrast,
-    )
+    batches = train_batches(cfg, data, device)
     steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(data.y_train)} training images")
     run = _new_run(cfg, data.x_train, device)
     amp_dtype = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -196,16 +196,22 @@ def _train(cfg, dataset, key, folder, on_epoch, progress, extra=None) -> TrainRe
         torch.set_num_threads(threads)
 
 
-def _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings, extra) -> TrainRecord:
-    data = training_data(cfg, dataset, extra)
+def train_batches(cfg: PipelineConfig, data: TrainingData, device: torch.device) -> TrainBatches:
+    """The training split as the configured batches and augmentation, on `device`."""
     batches = TrainBatches(
         data.x_train, data.y_train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
         normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
         channels_last=cfg.channels_last, brightness=cfg.brightness, contrast=cfg.contrast,
     )
-    steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
+    if len(batches) == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(data.y_train)} training images")
+    return batches
+
+
+def _train_on(cfg, dataset, key, folder, on_epoch, progress, device, cpu_settings, extra) -> TrainRecord:
+    data = training_data(cfg, dataset, extra)
+    batches = train_batches(cfg, data, device)
+    steps_per_epoch = len(batches)
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     n_epochs = math.ceil(cfg.epochs)
 

@@ -165,12 +165,10 @@ def sweep(ns: argparse.Namespace, config: PipelineConfig) -> int:
         return _fail(str(exc), 2)
     from flows.sweep import cifar_sweep
 
-    state = cifar_sweep(config=config, **options.model_dump(), return_state=True)
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
-        return _fail(reason, 1, state=state.name)
-    print(json.dumps(state.result().model_dump()))
+    code, summary = _run_flow(cifar_sweep, config=config, **options.model_dump())
+    if summary is None:
+        return code
+    print(json.dumps(summary.model_dump()))
     return 0
 
 
@@ -195,28 +193,31 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {text}"
 
 
+def _run_flow(flow_fn: Any, **params: Any) -> tuple[int, Any]:
+    """(0, the flow's result) or (exit code 1, None) after printing the failure's one-line reason."""
+    state = flow_fn(**params, return_state=True)
+    if state.is_completed():
+        return 0, state.result()
+    outcome = state.result(raise_on_failure=False)
+    reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
+    return _fail(reason, 1, state=state.name), None
+
+
 def run(config: PipelineConfig) -> int:
     from flows.pipeline import cifar_pipeline
 
-    state = cifar_pipeline(config=config, return_state=True)
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
-        return _fail(reason, 1, state=state.name)
-    summary = state.result()
-    print(json.dumps({"status": "completed", **summary.model_dump()}))
-    return 0
+    code, summary = _run_flow(cifar_pipeline, config=config)
+    if summary is not None:
+        print(json.dumps({"status": "completed", **summary.model_dump()}))
+    return code
 
 
 def run_doctor(config: PipelineConfig) -> int:
     from flows.doctor import doctor
 
-    state = doctor(config=config, return_state=True)
-    if not state.is_completed():
-        outcome = state.result(raise_on_failure=False)
-        reason = _one_line(outcome) if isinstance(outcome, BaseException) else state.message or state.name
-        return _fail(reason, 1, state=state.name)
-    summary = state.result()
+    code, summary = _run_flow(doctor, config=config)
+    if summary is None:
+        return code
     print(json.dumps(summary.model_dump()))
     return 1 if summary.status == "fail" else 0
 
