@@ -22,8 +22,8 @@ from filelock import FileLock
 import numpy as np
 from pydantic import BaseModel
 
-from .errors import ArchiveError, IntegrityError
-from .files import atomic_write, atomic_write_json, file_digest, verified_record
+from .errors import ArchiveError
+from .files import atomic_write, atomic_write_json, file_digest, load_verified_joblib, verified_record
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,7 @@ def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> Datase
 
 
 def load_arrays(record: DatasetRecord) -> CifarArrays:
-    actual = file_digest(record.path)
-    if actual != record.sha256:
-        raise IntegrityError(
-            f"{record.path} has sha256 {actual}, not {record.sha256} as recorded; refusing to load it. "
-            "Delete the file to rebuild it from the archive."
-        )
-    data = joblib.load(record.path)
+    data = load_verified_joblib(record.path, record.sha256, "Delete the file to rebuild it from the archive.")
     return CifarArrays(data["x_train"], data["y_train"], data["x_test"], data["y_test"], list(data["classes"]))
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .errors import BadImagesError, ConfigError, ImageError, IntegrityError
-from .files import atomic_write, atomic_write_json, file_digest, verified_record
+from .files import atomic_write, atomic_write_json, file_digest, load_verified_joblib, verified_record
 from .image_files import MAX_PIXELS, SIZE, decode_image
 from .provenance import code_version
 
@@ -265,13 +265,7 @@ def _previous_decodes(root: Path, exclude: Path) -> dict[str, tuple[np.ndarray, 
 
 
 def _load(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    actual = file_digest(record.path)
-    if actual != record.sha256:
-        raise IntegrityError(
-            f"{record.path} has sha256 {actual}, not {record.sha256} as recorded; refusing to load it. "
-            "Delete its folder to decode the images again."
-        )
-    data = joblib.load(record.path)
+    data = load_verified_joblib(record.path, record.sha256, "Delete its folder to decode the images again.")
     return data["x"], data["y"], list(data["sha256"]), data["flags"]
 
 

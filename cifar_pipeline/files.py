@@ -100,3 +100,15 @@ def verified_record(record_path: str | os.PathLike, model: type[M]) -> M | None:
     if Path(record.path).exists() and file_digest(record.path) == record.sha256:
         return record
     return None
+
+
+def load_verified_joblib(path: str | os.PathLike, sha256: str, remedy: str) -> Any:
+    """joblib.load a cached payload, only after its sha256 matched: a damaged file is never unpickled."""
+    import joblib
+
+    actual = file_digest(path)
+    if actual != sha256:
+        from .errors import IntegrityError
+
+        raise IntegrityError(f"{path} has sha256 {actual}, not {sha256} as recorded; refusing to load it. {remedy}")
+    return joblib.load(path)
