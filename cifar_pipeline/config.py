@@ -224,7 +224,7 @@ class PipelineConfig(BaseModel):
 
     def sources(self) -> list[str]:
         """Where to fetch the archive, in order: the configured sources or the official URL."""
-        from .download import OFFICIAL_URL
+        from .data.download import OFFICIAL_URL
 
         return list(self.source) if self.source else [OFFICIAL_URL]
 

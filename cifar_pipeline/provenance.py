@@ -13,12 +13,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # Source files whose change must invalidate a cached result. Prefect's TASK_SOURCE only sees the
 # task function's own text, so the cache keys include these digests instead.
 CODE_PARTS = {
-    "data": ["dataset.py"],
-    "extra": ["extra_data.py", "image_files.py"],
-    "train": ["training.py", "scoring.py", "optim.py", "batches.py", "augment.py", "checkpoint.py", "health.py", "runtime.py",
-              "cpu_tuning.py", "models"],
-    "eval": ["evaluation.py", "scoring.py", "batches.py", "augment.py", "checkpoint.py", "runtime.py", "cpu_tuning.py",
-             "models"],
+    "data": ["data/dataset.py"],
+    "extra": ["data/extra.py", "data/images.py"],
+    "train": ["training/loop.py", "evaluation/scoring.py", "training/optim.py", "data/batches.py", "data/augment.py",
+              "training/checkpoint.py", "training/health.py", "training/runtime.py", "training/cpu_tuning.py",
+              "models"],
+    "eval": ["evaluation/evaluate.py", "evaluation/scoring.py", "data/batches.py", "data/augment.py",
+             "training/checkpoint.py", "training/runtime.py", "training/cpu_tuning.py", "models"],
 }
 
 

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PRESETS, PipelineConfig, describe_validation_error, validate_config
-from cifar_pipeline.download import check_sources
+from cifar_pipeline.data.download import check_sources
 from cifar_pipeline.errors import ConfigError, PipelineError
-from cifar_pipeline.extra_data import check_folders
+from cifar_pipeline.data.extra import check_folders
 
 # Offline machines: the local server's telemetry would log a DNS error on every start, and a cold
 # start on 2 cores (database migrations) can exceed Prefect's 20 s default.
@@ -103,8 +103,8 @@ def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def predict_command(ns: argparse.Namespace) -> int:
-    from cifar_pipeline.predict import load_predictor, resolve_model
-    from cifar_pipeline.prediction_files import collect_images, run_predictions
+    from cifar_pipeline.registry.predict import load_predictor, resolve_model
+    from cifar_pipeline.registry.prediction_files import collect_images, run_predictions
 
     try:
         if ns.top_k < 1 or ns.batch_size < 1:
@@ -124,8 +124,8 @@ def predict_command(ns: argparse.Namespace) -> int:
 
 
 def export_command(ns: argparse.Namespace) -> int:
-    from cifar_pipeline.export import export_model_file
-    from cifar_pipeline.predict import resolve_model
+    from cifar_pipeline.registry.export import export_model_file
+    from cifar_pipeline.registry.predict import resolve_model
 
     try:
         model_file = resolve_model(ns.output_dir, ns.model)
@@ -144,7 +144,7 @@ def export_command(ns: argparse.Namespace) -> int:
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    from cifar_pipeline.study import SweepOptions
+    from cifar_pipeline.sweep.study import SweepOptions
 
     for name, field in SweepOptions.model_fields.items():
         kind = int if field.annotation is int else str
@@ -153,8 +153,8 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def sweep(ns: argparse.Namespace, config: PipelineConfig) -> int:
-    from cifar_pipeline.study import SweepOptions, sweep_config
-    from cifar_pipeline.sweep_space import load_space
+    from cifar_pipeline.sweep.study import SweepOptions, sweep_config
+    from cifar_pipeline.sweep.space import load_space
 
     try:
         options = SweepOptions(**{k.removeprefix("sweep_"): v for k, v in vars(ns).items() if k.startswith("sweep_")})

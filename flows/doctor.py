@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.download import check_sources
+from cifar_pipeline.data.download import check_sources
 from flows.pipeline import _Steps
 from tasks import build_dataset_task, doctor_task, download_task
 

@@ -13,11 +13,11 @@ from pydantic import BaseModel
 
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
-from cifar_pipeline.budget import planned_config
+from cifar_pipeline.training.budget import planned_config
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.download import check_sources
+from cifar_pipeline.data.download import check_sources
 from cifar_pipeline.errors import TrainingDiverged
-from cifar_pipeline.extra_data import check_folders
+from cifar_pipeline.data.extra import check_folders
 from cifar_pipeline.files import atomic_write_json
 from tasks import (
     budget_task, build_dataset_task, doctor_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cifar_pipeline.access import check_places
-from cifar_pipeline.prediction_files import PredictSummary
+from cifar_pipeline.registry.prediction_files import PredictSummary
 from tasks.predict import score_folder_task
 
 

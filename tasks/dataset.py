@@ -1,7 +1,7 @@
 from prefect import task
 
-from cifar_pipeline.dataset import DatasetRecord, build_dataset
-from cifar_pipeline.download import ArchiveRecord
+from cifar_pipeline.data.dataset import DatasetRecord, build_dataset
+from cifar_pipeline.data.download import ArchiveRecord
 
 from .cache_policies import dataset_key
 

@@ -3,9 +3,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import DatasetRecord
-from cifar_pipeline.doctor_report import DoctorReport, doctor_dataset
-from cifar_pipeline.report import inline_images
+from cifar_pipeline.data.dataset import DatasetRecord
+from cifar_pipeline.doctor.report import DoctorReport, doctor_dataset
+from cifar_pipeline.report.report import inline_images
 
 
 # Never cached: a diagnosis is asked for because something looks wrong now.

@@ -1,6 +1,6 @@
 from prefect import task
 
-from cifar_pipeline.download import ArchiveRecord, fetch_archive
+from cifar_pipeline.data.download import ArchiveRecord, fetch_archive
 from cifar_pipeline.errors import DownloadError
 
 from .cache_policies import download_key

@@ -1,7 +1,7 @@
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.extra_data import ExtraDataRecord, ExtraManifest, build_extra_data, scan_folders
+from cifar_pipeline.data.extra import ExtraDataRecord, ExtraManifest, build_extra_data, scan_folders
 
 from .cache_policies import extra_data_key
 

@@ -1,7 +1,7 @@
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.prediction_files import PredictSummary, score_folder
+from cifar_pipeline.registry.prediction_files import PredictSummary, score_folder
 
 
 # Never cached: the folder's files and the champion change between runs.

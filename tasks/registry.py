@@ -2,10 +2,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import DatasetRecord
-from cifar_pipeline.evaluation import EvalRecord
-from cifar_pipeline.registry import PromotionDecision, registry_dir, update_registry
-from cifar_pipeline.training import TrainRecord
+from cifar_pipeline.data.dataset import DatasetRecord
+from cifar_pipeline.evaluation.evaluate import EvalRecord
+from cifar_pipeline.registry.champion import PromotionDecision, registry_dir, update_registry
+from cifar_pipeline.training.loop import TrainRecord
 
 
 # Every run decides anew against the current champion, so this is never cached.

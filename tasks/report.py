@@ -2,16 +2,16 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.budget import BudgetPlan
+from cifar_pipeline.training.budget import BudgetPlan
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import DatasetRecord
-from cifar_pipeline.download import ArchiveRecord
-from cifar_pipeline.evaluation import EvalRecord
-from cifar_pipeline.extra_data import ExtraDataRecord
-from cifar_pipeline.registry import PromotionDecision
-from cifar_pipeline.report import ReportRecord, inline_images, write_report
-from cifar_pipeline.training import TrainRecord
+from cifar_pipeline.data.dataset import DatasetRecord
+from cifar_pipeline.data.download import ArchiveRecord
+from cifar_pipeline.evaluation.evaluate import EvalRecord
+from cifar_pipeline.data.extra import ExtraDataRecord
+from cifar_pipeline.registry.champion import PromotionDecision
+from cifar_pipeline.report.report import ReportRecord, inline_images, write_report
+from cifar_pipeline.training.loop import TrainRecord
 
 
 # Never cached: it is cheap, and a changed template must show in the next run.

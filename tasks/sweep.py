@@ -9,12 +9,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import DatasetRecord
-from cifar_pipeline.local_trials import LocalLauncher
-from cifar_pipeline.report import inline_images
-from cifar_pipeline.study import TrialOutcome, leaderboard, open_study, run_trial, run_trials
-from cifar_pipeline.sweep_report import SweepReport, Winner, write_sweep_report
-from cifar_pipeline.sweep_space import SearchSpace
+from cifar_pipeline.data.dataset import DatasetRecord
+from cifar_pipeline.sweep.local_trials import LocalLauncher
+from cifar_pipeline.report.report import inline_images
+from cifar_pipeline.sweep.study import TrialOutcome, leaderboard, open_study, run_trial, run_trials
+from cifar_pipeline.sweep.leaderboard import SweepReport, Winner, write_sweep_report
+from cifar_pipeline.sweep.space import SearchSpace
 
 from .train import retry_unless_expected
 

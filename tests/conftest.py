@@ -55,7 +55,7 @@ def real_archive() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_archive):
     """The tiny archive decoded into a cache folder: (record, cache_dir)."""
-    from cifar_pipeline.dataset import build_dataset
+    from cifar_pipeline.data.dataset import build_dataset
 
     cache = tmp_path_factory.mktemp("dataset-cache")
     path, md5 = tiny_archive

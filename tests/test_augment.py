@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar_pipeline.augment import cutout_mask, gather_views, normalizer, reflect, to_float
-from cifar_pipeline.batches import TrainBatches, eval_batches
+from cifar_pipeline.data.augment import cutout_mask, gather_views, normalizer, reflect, to_float
+from cifar_pipeline.data.batches import TrainBatches, eval_batches
 
 
 @pytest.fixture

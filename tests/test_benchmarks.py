@@ -9,7 +9,7 @@ from benchmarks.cpu_benchmark import (
     end_to_end_trial, machine_header, matmul_peak_gflops, parse_parts, seed_net_flops_per_image,
 )
 from benchmarks.seed_code import blog_run, train_images_per_second
-from cifar_pipeline.dataset import extract_archive
+from cifar_pipeline.data.dataset import extract_archive
 
 
 def test_seed_code_path_trains_from_a_rebuilt_archive(tiny_archive, tmp_path):

@@ -2,8 +2,8 @@
 
 import torch
 
-from cifar_pipeline.cpu_tuning import CpuInfo, busy_cores, capability_forced, choose_cpu_settings, detect_cpu
-from cifar_pipeline.runtime import autocast_dtype
+from cifar_pipeline.training.cpu_tuning import CpuInfo, busy_cores, capability_forced, choose_cpu_settings, detect_cpu
+from cifar_pipeline.training.runtime import autocast_dtype
 
 XEON_BF16 = CpuInfo("Intel(R) Xeon(R) Processor", "AVX512", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), 2)
 SKYLAKE = CpuInfo("Intel(R) Xeon(R) Gold 6148", "AVX512", frozenset({"avx2", "avx512f"}), 4)

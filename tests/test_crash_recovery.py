@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_pipeline.checkpoint import load_checkpoint, save_checkpoint
+from cifar_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.evaluation import evaluate
-from cifar_pipeline.training import train, training_dir, training_key
+from cifar_pipeline.evaluation.evaluate import evaluate
+from cifar_pipeline.training.loop import train, training_dir, training_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,8 @@ CFG = dict(preset="cpu", width=8, batch_size=32, epochs=40, tta=0)
 TRAIN_SCRIPT = """
 import sys
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import DatasetRecord
-from cifar_pipeline.training import train
+from cifar_pipeline.data.dataset import DatasetRecord
+from cifar_pipeline.training.loop import train
 cfg = PipelineConfig.model_validate_json(sys.argv[1])
 record = DatasetRecord.model_validate_json(sys.argv[2])
 train(cfg, record, sys.argv[3], progress=False)
@@ -106,7 +106,7 @@ def _with_full_disk(limit: int, code: str) -> str:
 def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"epoch": 1, "model": {"w": torch.zeros(8)}})
-    code = ("import torch; from cifar_pipeline.checkpoint import save_checkpoint; "
+    code = ("import torch; from cifar_pipeline.training.checkpoint import save_checkpoint; "
             f"save_checkpoint({str(path)!r}, {{'epoch': 2, 'model': {{'w': torch.ones(100000)}}}})")
     assert _with_full_disk(64 * 1024, code) == "OSError 27"
     state = load_checkpoint(path)
@@ -115,8 +115,8 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
 
 
 def test_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_dataset, tmp_path):
-    from cifar_pipeline.download import ArchiveRecord
-    from cifar_pipeline.report import write_report
+    from cifar_pipeline.data.download import ArchiveRecord
+    from cifar_pipeline.report.report import write_report
 
     record, _ = tiny_dataset
     cfg = PipelineConfig(**{**CFG, "epochs": 1}).resolved({})
@@ -130,10 +130,10 @@ def test_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_dataset,
     write_report(run_dir, "r1", cfg, PipelineConfig(preset="cpu"), archive, record, trained, evaluated, {"train": 1.0})
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     code = (
-        "import json; from cifar_pipeline.report import write_report; from cifar_pipeline.config import "
-        "PipelineConfig; from cifar_pipeline.download import ArchiveRecord; from cifar_pipeline.dataset import "
-        "DatasetRecord; from cifar_pipeline.training import TrainRecord; from cifar_pipeline.evaluation import "
-        f"EvalRecord; a = json.loads({json.dumps(json.dumps(args))}); "
+        "import json; from cifar_pipeline.report.report import write_report; from cifar_pipeline.config import "
+        "PipelineConfig; from cifar_pipeline.data.download import ArchiveRecord; "
+        "from cifar_pipeline.data.dataset import DatasetRecord; from cifar_pipeline.training.loop import TrainRecord; "
+        f"from cifar_pipeline.evaluation.evaluate import EvalRecord; a = json.loads({json.dumps(json.dumps(args))}); "
         f"write_report({str(run_dir)!r}, 'r2', PipelineConfig(**a['cfg']), PipelineConfig(**a['requested']), "
         "ArchiveRecord(**a['archive']), DatasetRecord(**a['dataset']), TrainRecord(**a['trained']), "
         "EvalRecord(**a['evaluated']), a['timings'])"

@@ -4,7 +4,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_pipeline.dataset import build_dataset, extract_archive, load_arrays, read_batches
+from cifar_pipeline.data.dataset import build_dataset, extract_archive, load_arrays, read_batches
 from cifar_pipeline.errors import ArchiveError, IntegrityError
 from tests.cifar_archive import CLASSES, make_cifar_archive
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import build_dataset, load_arrays
-from cifar_pipeline.doctor import diagnose
-from cifar_pipeline.doctor_report import write_doctor_report
+from cifar_pipeline.data.dataset import build_dataset, load_arrays
+from cifar_pipeline.doctor.run import diagnose
+from cifar_pipeline.doctor.report import write_doctor_report
 from tests.doctor_faults import HEALTHY, freeze_head, learnable_archive, raw_pixels, shuffled
 
 # A budget far below what the probes need pins the plan to its floors (batch 32, 80/80/40 steps):
@@ -105,7 +105,7 @@ def test_shuffled_labels_are_a_data_problem_not_a_wiring_one(arrays):
 
 
 def test_data_check_finds_test_images_copied_from_train_and_bad_labels(arrays):
-    from cifar_pipeline.doctor_data import check_data
+    from cifar_pipeline.doctor.data import check_data
 
     x_test = arrays.x_test.copy()
     x_test[:30] = arrays.x_train[:30]
@@ -123,7 +123,7 @@ def test_data_check_finds_test_images_copied_from_train_and_bad_labels(arrays):
 def test_lr_range_detection_on_a_synthetic_curve():
     import numpy as np
 
-    from cifar_pipeline.doctor_probes import steepest_range
+    from cifar_pipeline.doctor.probes import steepest_range
 
     lrs = np.geomspace(1e-5, 10, 120)
     loss = 2.3 - 1.5 / (1 + np.exp(-(np.log10(lrs) + 2) * 4))  # falls around lr 1e-2

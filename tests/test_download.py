@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from cifar_pipeline.download import archive_path, check_sources, fetch_archive
+from cifar_pipeline.data.download import archive_path, check_sources, fetch_archive
 from cifar_pipeline.errors import ChecksumMismatch, ConfigError, DownloadError
 
 

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from cifar_pipeline.download import archive_path, fetch_archive
+from cifar_pipeline.data.download import archive_path, fetch_archive
 from cifar_pipeline.errors import ChecksumMismatch, DownloadError
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cifar_pipeline.extra_data as extra_data
+import cifar_pipeline.data.extra as extra_data
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import load_arrays
+from cifar_pipeline.data.dataset import load_arrays
 from cifar_pipeline.errors import BadImagesError, ConfigError
-from cifar_pipeline.extra_data import build_extra_data, load_extra, scan_folders
-from cifar_pipeline.training import training_data, training_key
+from cifar_pipeline.data.extra import build_extra_data, load_extra, scan_folders
+from cifar_pipeline.training.loop import training_data, training_key
 
 
 @pytest.fixture
@@ -262,7 +262,7 @@ def test_cli_refuses_a_missing_folder_before_anything_starts(tmp_path, tiny_arch
 
 
 def test_empty_folder_keeps_the_training_key(archive_images, tmp_path):
-    from cifar_pipeline.extra_data import training_digest
+    from cifar_pipeline.data.extra import training_digest
 
     (tmp_path / "extra").mkdir()
     record = build(tmp_path / "extra", archive_images[2], tmp_path / "cache")

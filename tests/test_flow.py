@@ -66,7 +66,7 @@ def test_changed_hyperparameter_retrains_but_changed_template_does_not(tmp_path,
     assert changed.tasks["train"] == "Completed" and changed.checkpoint != first.checkpoint
     assert changed.tasks["download"] == "Cached" and changed.tasks["build-dataset"] == "Cached"
 
-    import cifar_pipeline.report as report
+    import cifar_pipeline.report.report as report
 
     original = report.load_template()
     monkeypatch.setattr(report, "load_template", lambda: "# New layout\n" + original)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cifar_pipeline.errors import ImageError, PipelineError
-from cifar_pipeline.image_files import decode_image
+from cifar_pipeline.data.images import decode_image
 
 
 def _rgb(h=32, w=32, seed=0):

@@ -5,7 +5,7 @@ from torch import nn
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.models import AirNet
-from cifar_pipeline.optim import Muon, build_optimizer, lr_factor, orthogonalize, set_lr
+from cifar_pipeline.training.optim import Muon, build_optimizer, lr_factor, orthogonalize, set_lr
 
 
 @pytest.mark.parametrize("shape", [(48, 216), (300, 40)])

@@ -2,11 +2,11 @@
 
 import torch
 
-from cifar_pipeline.augment import jitter_colour
-from cifar_pipeline.batches import TrainBatches
+from cifar_pipeline.data.augment import jitter_colour
+from cifar_pipeline.data.batches import TrainBatches
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.models import AirNet
-from cifar_pipeline.training import train
+from cifar_pipeline.training.loop import train
 
 
 def test_whitening_conv_runs_in_fp32_under_cpu_bf16_autocast():

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.dataset import load_arrays
+from cifar_pipeline.data.dataset import load_arrays
 from flows.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -142,9 +142,9 @@ def test_promotion_writes_model_card_and_a_checked_onnx(promoted):
 
 
 def test_onnx_torch_export_and_eager_agree_on_every_fixture_image(promoted, image_tree, tmp_path, capsys):
-    from cifar_pipeline.export import eager_logits, onnx_logits
-    from cifar_pipeline.image_files import decode_image
-    from cifar_pipeline.predict import load_model_file
+    from cifar_pipeline.registry.export import eager_logits, onnx_logits
+    from cifar_pipeline.data.images import decode_image
+    from cifar_pipeline.registry.predict import load_model_file
 
     _, out = promoted
     root, arrays = image_tree
@@ -179,11 +179,11 @@ def test_onnx_torch_export_and_eager_agree_on_every_fixture_image(promoted, imag
 
 
 def test_a_failed_onnx_export_still_promotes_the_weights(promoted, tiny_dataset, tmp_path, monkeypatch):
-    import cifar_pipeline.export as export
+    import cifar_pipeline.registry.export as export
     from cifar_pipeline.errors import ExportError
-    from cifar_pipeline.evaluation import EvalRecord
-    from cifar_pipeline.registry import update_registry
-    from cifar_pipeline.training import TrainRecord
+    from cifar_pipeline.evaluation.evaluate import EvalRecord
+    from cifar_pipeline.registry.champion import update_registry
+    from cifar_pipeline.training.loop import TrainRecord
 
     summary, out = promoted
     record, _ = tiny_dataset
@@ -216,7 +216,7 @@ def test_predict_flow_scores_a_folder_into_a_csv(promoted, image_tree):
 
 
 def test_report_shows_labelled_test_images_confused_pairs_and_loss_by_step(promoted):
-    from cifar_pipeline.training import TrainRecord
+    from cifar_pipeline.training.loop import TrainRecord
 
     summary, _ = promoted
     run_dir = Path(summary.run_dir)

@@ -15,7 +15,7 @@ import pytest
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.errors import ConfigError
-from cifar_pipeline.sweep_space import load_space, parse_space
+from cifar_pipeline.sweep.space import load_space, parse_space
 from tests.prefect_server import start, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_cli_rejects_a_bad_space_before_anything_starts(tmp_path, cli_env, tiny_
 def _journal_trials(storage: str, study: str):
     import optuna
 
-    from cifar_pipeline.study import open_storage
+    from cifar_pipeline.sweep.study import open_storage
 
     try:
         return optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials(deepcopy=False)
@@ -101,7 +101,7 @@ def _journal_trials(storage: str, study: str):
 def test_local_parallel_sweep_survives_divergence_and_a_killed_coordinator(tmp_path, cli_env, tiny_archive):
     """--parallel 2 without a server: a diverging trial fails with its reason, the sweep is SIGKILLed after
     two trials and started again: finished trials are kept, the rest run, the winner is promoted."""
-    from cifar_pipeline.study import open_study
+    from cifar_pipeline.sweep.study import open_study
 
     path, md5 = tiny_archive
     out = tmp_path / "out"
@@ -155,8 +155,8 @@ def test_two_studies_on_postgres_at_once(tmp_path, tiny_dataset):
 
     if reason := skip_reason():
         pytest.skip(reason)
-    from cifar_pipeline.local_trials import LocalLauncher
-    from cifar_pipeline.study import leaderboard, open_study, run_trials
+    from cifar_pipeline.sweep.local_trials import LocalLauncher
+    from cifar_pipeline.sweep.study import leaderboard, open_study, run_trials
 
     dataset, cache = tiny_dataset
     with PostgresServer() as pg:

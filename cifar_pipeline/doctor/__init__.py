@@ -1,0 +1,1 @@
+"""Doctor: pre-flight checks of data, model and optimiser, with their report."""

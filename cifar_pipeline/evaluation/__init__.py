@@ -1,0 +1,1 @@
+"""Evaluation: score a trained checkpoint on the test set (with test-time augmentation)."""

@@ -1,0 +1,1 @@
+"""Registry: what leaves the pipeline; the champion, predictions, export and the model card."""

@@ -1,0 +1,1 @@
+"""Report: the run report, its plots and its template."""

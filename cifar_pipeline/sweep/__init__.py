@@ -1,0 +1,1 @@
+"""Sweep: search spaces (TOML -> suggestions), the study over train/evaluate, local trials and the leaderboard."""

@@ -1,0 +1,200 @@
+"""A training time budget that holds on any machine: measure a few real steps, then plan the epochs.
+
+The same configuration runs 55 s per epoch on an AVX-512 BF16 CPU and 3.4 min on an AVX2 one, so a
+fixed epoch count cannot promise a wall time. Before training, `plan_training` times a few steps of
+the real model, optimizer and batch on the real device, and `plan_epochs` turns the measured speed
+into epochs: rounded down to a multiple of EPOCH_STEP so that the noise of one machine does not
+change the answer from night to night, and capped at the configured epochs. The measurement is
+kept per machine and configuration, so an unchanged nightly run measures once and then reuses it
+(and its training stays a cache hit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+EPOCH_STEP = 2  # planned epochs are a multiple of this (or 1, when fewer than EPOCH_STEP fit)
+WARMUP_STEPS = 2  # untimed: first-call allocations and kernel selection
+MIN_TIMED_STEPS = 3
+MIN_TIMED_SECONDS = 3.0
+MAX_TIMED_STEPS = 50
+
+
+class Measurement(BaseModel):
+    machine: str
+    seconds_per_step: float
+    steps_per_epoch: int
+    timed_steps: int
+    measured_at: str
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds_per_step * self.steps_per_epoch
+
+
+class BudgetPlan(BaseModel):
+    budget_min: float
+    configured_epochs: float
+    planned_epochs: float
+    seconds_per_epoch: float  # measured
+    images_per_second: float
+    machine: str
+    cached: bool  # the measurement came from an earlier run on this machine
+    measured_at: str
+
+    def summary(self) -> str:
+        capped = " (the configured epochs)" if self.planned_epochs == self.configured_epochs else ""
+        return (f"time budget {self.budget_min:g} min: measured {self.seconds_per_epoch:.1f} s/epoch "
+                f"({self.images_per_second:.0f} img/s{', cached' if self.cached else ''}) on {self.machine}; "
+                f"trains {self.planned_epochs:g} epochs{capped}")
+
+
+def plan_epochs(budget_min: float, configured_epochs: float, seconds_per_epoch: float,
+                step: int = EPOCH_STEP) -> float:
+    """Epochs that fit the budget: down to a multiple of `step`, at most `configured_epochs`.
+
+    Less than one epoch is an error: a run that cannot finish one epoch would report nothing useful.
+    """
+    if seconds_per_epoch <= 0:
+        raise ValueError("seconds_per_epoch must be positive")
+    fit = budget_min * 60 / seconds_per_epoch
+    if fit >= configured_epochs:
+        return configured_epochs
+    if fit < 1:
+        raise ConfigError(
+            f"time_budget_min {budget_min:g} is too short: one epoch takes about {seconds_per_epoch / 60:.1f} min "
+            f"on this machine (measured); allow at least {math.ceil(seconds_per_epoch / 60 * 10) / 10:g} min, "
+            "or set time_budget_min 0 to train the configured epochs")
+    return float(max(1, math.floor(fit / step) * step) if fit >= step else 1)
+
+
+def measurement_key(machine: str, cfg: PipelineConfig, data_md5: str) -> str:
+    # The training key minus the epochs and the budget: neither changes the speed of a step.
+    from .loop import training_key
+
+    timed = cfg.model_copy(update={"epochs": 1.0, "time_budget_min": 0.0})
+    blob = json.dumps({"machine": machine, "train": training_key(timed, data_md5)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def plan_training(
+    cfg: PipelineConfig,
+    data_md5: str,
+    cache_dir: str | os.PathLike,
+    machine: str,
+    measure: Callable[[], tuple[float, int, int]],
+    *,
+    train_images: int,
+) -> BudgetPlan:
+    """Plan the epochs of `cfg` over `train_images` images within its time budget; `measure()` ->
+    (seconds per step, steps per epoch, timed steps) runs only when this machine and configuration
+    have no stored measurement."""
+    path = Path(cache_dir) / "budget" / f"{measurement_key(machine, cfg, data_md5)}.json"
+    cached = path.exists()
+    if cached:
+        found = Measurement.model_validate_json(path.read_text())
+    else:
+        seconds_per_step, steps_per_epoch, timed = measure()
+        found = Measurement(machine=machine, seconds_per_step=seconds_per_step, steps_per_epoch=steps_per_epoch,
+                            timed_steps=timed, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, found.model_dump())
+    # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
+    seconds_per_epoch = found.seconds_per_step * max(1, train_images // cfg.batch_size)
+    epochs = plan_epochs(cfg.time_budget_min, cfg.epochs, seconds_per_epoch)
+    plan = BudgetPlan(
+        budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs,
+        seconds_per_epoch=seconds_per_epoch,
+        images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
+        machine=machine, cached=cached, measured_at=found.measured_at,
+    )
+    log.info("%s", plan.summary())
+    return plan
+
+
+def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConfig:
+    """The config training runs: its epochs are the planned ones, so the training key (and the lr
+    schedule) follow the epochs actually trained."""
+    if plan is None:
+        return cfg
+    return cfg.model_copy(update={"epochs": plan.planned_epochs})
+
+
+def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> tuple[float, int, int]:
+    """(seconds per step, steps per epoch, timed steps) of the real training step on the real device."""
+    from .cpu_tuning import current_cpu_settings
+    from .runtime import resolve_device, tune_cpu_allocator
+
+    device = device or resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        tune_cpu_allocator()
+        torch.set_num_threads(current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model).threads)
+    try:
+        return _measure(cfg, dataset, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
+    from .runtime import autocast_dtype
+    from .loop import _new_run, _step, _sync, train_batches, training_data
+
+    data = training_data(cfg, dataset)
+    batches = train_batches(cfg, data, device)
+    steps_per_epoch = len(batches)
+    run = _new_run(cfg, data.x_train, device)
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    timed, start = 0, 0.0
+    for i, (x, y) in enumerate(batches.epoch(0)):
+        if i == WARMUP_STEPS:
+            _sync(device)
+            start = time.perf_counter()
+        loss, _ = _step(run.model, run.optimizer, scaler, x, y, cfg, device, amp_dtype)
+        loss.item()
+        if i >= WARMUP_STEPS:
+            timed += 1
+            elapsed = time.perf_counter() - start
+            if timed >= MAX_TIMED_STEPS or (timed >= MIN_TIMED_STEPS and elapsed >= MIN_TIMED_SECONDS):
+                break
+    _sync(device)
+    if timed == 0:  # an epoch shorter than the warm-up: time what there is
+        return _time_all(cfg, batches, run, scaler, device, amp_dtype), steps_per_epoch, steps_per_epoch
+    return (time.perf_counter() - start) / timed, steps_per_epoch, timed
+
+
+def _time_all(cfg, batches, run, scaler, device, amp_dtype) -> float:
+    from .loop import _step, _sync
+
+    start, n = time.perf_counter(), 0
+    for x, y in batches.epoch(1):
+        _step(run.model, run.optimizer, scaler, x, y, cfg, device, amp_dtype)[0].item()
+        n += 1
+    _sync(device)
+    return (time.perf_counter() - start) / max(n, 1)
+
+
+def machine_key(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} | CUDA {torch.version.cuda}"
+    from .cpu_tuning import detect_cpu
+
+    return detect_cpu().key()
