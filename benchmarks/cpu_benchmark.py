@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.seed_code import train_images_per_second  # noqa: E402
 from cifar_pipeline.config import PipelineConfig  # noqa: E402
-from cifar_pipeline.training.cpu_tuning import busy_cores, capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.data.dataset import build_dataset, extract_archive  # noqa: E402
 from cifar_pipeline.data.download import fetch_archive  # noqa: E402
-from cifar_pipeline.evaluation.evaluate import evaluate  # noqa: E402
+from cifar_pipeline.evaluation import evaluate  # noqa: E402
 from cifar_pipeline.models import build_model  # noqa: E402
+from cifar_pipeline.training.cpu_tuning import busy_cores, capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.training.loop import train  # noqa: E402
 
 TRAIN_IMAGES = 50_000

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_pipeline.config import PipelineConfig  # noqa: E402
 from cifar_pipeline.data.dataset import build_dataset, load_arrays  # noqa: E402
 from cifar_pipeline.data.download import fetch_archive  # noqa: E402
-from cifar_pipeline.evaluation.evaluate import evaluate  # noqa: E402
+from cifar_pipeline.evaluation import evaluate  # noqa: E402
 from cifar_pipeline.training.loop import train  # noqa: E402
 
 

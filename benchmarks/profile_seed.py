@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_pipeline.training.cpu_tuning import capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.models import build_model  # noqa: E402
+from cifar_pipeline.training.cpu_tuning import capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.training.runtime import tune_cpu_allocator  # noqa: E402
 
 BATCH = 16

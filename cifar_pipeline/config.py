@@ -18,6 +18,9 @@ from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ConfigError
 
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+
 PresetName = Literal["seed", "smoke", "cpu", "fast"]
 ModelName = Literal["seed_net", "airnet"]
 
@@ -224,8 +227,6 @@ class PipelineConfig(BaseModel):
 
     def sources(self) -> list[str]:
         """Where to fetch the archive, in order: the configured sources or the official URL."""
-        from .data.download import OFFICIAL_URL
-
         return list(self.source) if self.source else [OFFICIAL_URL]
 
     def group(self, name: str) -> dict[str, Any]:

@@ -15,10 +15,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CODE_PARTS = {
     "data": ["data/dataset.py"],
     "extra": ["data/extra.py", "data/images.py"],
-    "train": ["training/loop.py", "evaluation/scoring.py", "training/optim.py", "data/batches.py", "data/augment.py",
+    "train": ["training/loop.py", "training/scoring.py", "training/optim.py", "data/batches.py", "data/augment.py",
               "training/checkpoint.py", "training/health.py", "training/runtime.py", "training/cpu_tuning.py",
               "models"],
-    "eval": ["evaluation/evaluate.py", "evaluation/scoring.py", "data/batches.py", "data/augment.py",
+    "eval": ["evaluation.py", "training/scoring.py", "data/batches.py", "data/augment.py",
              "training/checkpoint.py", "training/runtime.py", "training/cpu_tuning.py", "models"],
 }
 

@@ -21,8 +21,8 @@ from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PRESETS, PipelineConfig, describe_validation_error, validate_config
 from cifar_pipeline.data.download import check_sources
-from cifar_pipeline.errors import ConfigError, PipelineError
 from cifar_pipeline.data.extra import check_folders
+from cifar_pipeline.errors import ConfigError, PipelineError
 
 # Offline machines: the local server's telemetry would log a DNS error on every start, and a cold
 # start on 2 cores (database migrations) can exceed Prefect's 20 s default.
@@ -153,8 +153,8 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def sweep(ns: argparse.Namespace, config: PipelineConfig) -> int:
-    from cifar_pipeline.sweep.study import SweepOptions, sweep_config
     from cifar_pipeline.sweep.space import load_space
+    from cifar_pipeline.sweep.study import SweepOptions, sweep_config
 
     try:
         options = SweepOptions(**{k.removeprefix("sweep_"): v for k, v in vars(ns).items() if k.startswith("sweep_")})

@@ -13,15 +13,23 @@ from pydantic import BaseModel
 
 from cifar_pipeline import layout
 from cifar_pipeline.access import check_access
-from cifar_pipeline.training.budget import planned_config
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.download import check_sources
-from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.data.extra import check_folders
+from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.files import atomic_write_json
+from cifar_pipeline.training.budget import planned_config
 from tasks import (
-    budget_task, build_dataset_task, doctor_task, download_task, evaluate_task, extra_data_task, promote_task, report_task,
-    scan_extra_data_task, train_task,
+    budget_task,
+    build_dataset_task,
+    doctor_task,
+    download_task,
+    evaluate_task,
+    extra_data_task,
+    promote_task,
+    report_task,
+    scan_extra_data_task,
+    train_task,
 )
 
 # Tasks whose work a cache hit saves; when all of them are Cached, the run changed nothing.

@@ -19,11 +19,18 @@ from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig, validate_config
 from cifar_pipeline.data.download import check_sources
 from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.sweep.study import (
-    SweepOptions, TrialOutcome, best_trial, leaderboard, open_study, storage_url, study_name, sweep_config,
-)
 from cifar_pipeline.sweep.leaderboard import Winner
 from cifar_pipeline.sweep.space import load_space
+from cifar_pipeline.sweep.study import (
+    SweepOptions,
+    TrialOutcome,
+    best_trial,
+    leaderboard,
+    open_study,
+    storage_url,
+    study_name,
+    sweep_config,
+)
 from flows.pipeline import _Steps, cifar_pipeline
 from tasks import build_dataset_task, download_task
 from tasks.sweep import run_trials_task, sweep_report_task, trial_task

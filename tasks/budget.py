@@ -1,12 +1,12 @@
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.training.budget import BudgetPlan, machine_key, measure_steps, plan_training
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
-from cifar_pipeline.training.runtime import resolve_device
+from cifar_pipeline.training.budget import BudgetPlan, machine_key, measure_steps, plan_training
 from cifar_pipeline.training.loop import training_data
+from cifar_pipeline.training.runtime import resolve_device
 
 
 # The library keeps the measurement per machine and config; Prefect's cache would not see the machine.

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from cifar_pipeline.evaluation.evaluate import evaluation_key
-from cifar_pipeline.data.extra import extra_data_key as _extra_key, training_digest
+from cifar_pipeline.data.extra import extra_data_key as _extra_key
+from cifar_pipeline.data.extra import training_digest
+from cifar_pipeline.evaluation import evaluation_key
 from cifar_pipeline.provenance import code_version
 from cifar_pipeline.training.loop import training_key
 

@@ -2,7 +2,7 @@ from prefect import task
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.evaluation.evaluate import EvalRecord, evaluate
+from cifar_pipeline.evaluation import EvalRecord, evaluate
 from cifar_pipeline.training.loop import TrainRecord
 
 from .cache_policies import evaluate_key

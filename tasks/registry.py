@@ -3,7 +3,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.evaluation.evaluate import EvalRecord
+from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import PromotionDecision, registry_dir, update_registry
 from cifar_pipeline.training.loop import TrainRecord
 

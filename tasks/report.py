@@ -2,15 +2,14 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.training.budget import BudgetPlan
-
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.download import ArchiveRecord
-from cifar_pipeline.evaluation.evaluate import EvalRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
+from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import PromotionDecision
 from cifar_pipeline.report.report import ReportRecord, inline_images, write_report
+from cifar_pipeline.training.budget import BudgetPlan
 from cifar_pipeline.training.loop import TrainRecord
 
 

@@ -10,11 +10,11 @@ from prefect.cache_policies import NO_CACHE
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.sweep.local_trials import LocalLauncher
 from cifar_pipeline.report.report import inline_images
-from cifar_pipeline.sweep.study import TrialOutcome, leaderboard, open_study, run_trial, run_trials
 from cifar_pipeline.sweep.leaderboard import SweepReport, Winner, write_sweep_report
+from cifar_pipeline.sweep.local_trials import LocalLauncher
 from cifar_pipeline.sweep.space import SearchSpace
+from cifar_pipeline.sweep.study import TrialOutcome, leaderboard, open_study, run_trial, run_trials
 
 from .train import retry_unless_expected
 

@@ -3,8 +3,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.data.extra import ExtraDataRecord
+from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.training.loop import EpochMetrics, TrainRecord, train
 
 from .cache_policies import train_key

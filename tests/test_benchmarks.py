@@ -6,7 +6,11 @@ import json
 import pytest
 
 from benchmarks.cpu_benchmark import (
-    end_to_end_trial, machine_header, matmul_peak_gflops, parse_parts, seed_net_flops_per_image,
+    end_to_end_trial,
+    machine_header,
+    matmul_peak_gflops,
+    parse_parts,
+    seed_net_flops_per_image,
 )
 from benchmarks.seed_code import blog_run, train_images_per_second
 from cifar_pipeline.data.dataset import extract_archive

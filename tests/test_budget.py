@@ -2,9 +2,9 @@
 
 import pytest
 
-from cifar_pipeline.training.budget import BudgetPlan, measure_steps, plan_epochs, plan_training, planned_config
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.errors import ConfigError
+from cifar_pipeline.training.budget import BudgetPlan, measure_steps, plan_epochs, plan_training, planned_config
 from cifar_pipeline.training.loop import training_key
 
 MACHINE = "AMD EPYC 7B12 | AVX2 | bf16=False | 2 threads"

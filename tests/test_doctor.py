@@ -9,8 +9,8 @@ import pytest
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import build_dataset, load_arrays
-from cifar_pipeline.doctor.run import diagnose
 from cifar_pipeline.doctor.report import write_doctor_report
+from cifar_pipeline.doctor.run import diagnose
 from tests.doctor_faults import HEALTHY, freeze_head, learnable_archive, raw_pixels, shuffled
 
 # A budget far below what the probes need pins the plan to its floors (batch 32, 80/80/40 steps):

@@ -13,8 +13,8 @@ from PIL import Image
 import cifar_pipeline.data.extra as extra_data
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import load_arrays
-from cifar_pipeline.errors import BadImagesError, ConfigError
 from cifar_pipeline.data.extra import build_extra_data, load_extra, scan_folders
+from cifar_pipeline.errors import BadImagesError, ConfigError
 from cifar_pipeline.training.loop import training_data, training_key
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_pipeline.errors import ImageError, PipelineError
 from cifar_pipeline.data.images import decode_image
+from cifar_pipeline.errors import ImageError, PipelineError
 
 
 def _rgb(h=32, w=32, seed=0):

@@ -1,8 +1,9 @@
+import typing
+
 import torch
 
-from cifar_pipeline.models import MODELS, AirNet, build_model, count_parameters
 from cifar_pipeline.config import ModelName
-import typing
+from cifar_pipeline.models import MODELS, AirNet, build_model, count_parameters
 
 
 def test_seed_net_is_the_blog_net():

@@ -2,9 +2,9 @@
 
 import torch
 
+from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.augment import jitter_colour
 from cifar_pipeline.data.batches import TrainBatches
-from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.models import AirNet
 from cifar_pipeline.training.loop import train
 

@@ -142,8 +142,8 @@ def test_promotion_writes_model_card_and_a_checked_onnx(promoted):
 
 
 def test_onnx_torch_export_and_eager_agree_on_every_fixture_image(promoted, image_tree, tmp_path, capsys):
-    from cifar_pipeline.registry.export import eager_logits, onnx_logits
     from cifar_pipeline.data.images import decode_image
+    from cifar_pipeline.registry.export import eager_logits, onnx_logits
     from cifar_pipeline.registry.predict import load_model_file
 
     _, out = promoted
@@ -181,7 +181,7 @@ def test_onnx_torch_export_and_eager_agree_on_every_fixture_image(promoted, imag
 def test_a_failed_onnx_export_still_promotes_the_weights(promoted, tiny_dataset, tmp_path, monkeypatch):
     import cifar_pipeline.registry.export as export
     from cifar_pipeline.errors import ExportError
-    from cifar_pipeline.evaluation.evaluate import EvalRecord
+    from cifar_pipeline.evaluation import EvalRecord
     from cifar_pipeline.registry.champion import update_registry
     from cifar_pipeline.training.loop import TrainRecord
 

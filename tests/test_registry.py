@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cifar_pipeline.training.checkpoint import load_checkpoint
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.evaluation.evaluate import evaluate, evaluate_checkpoint
+from cifar_pipeline.data.download import ArchiveRecord
+from cifar_pipeline.evaluation import evaluate, evaluate_checkpoint
 from cifar_pipeline.files import file_digest
 from cifar_pipeline.registry.champion import decide, read_champion, read_history, update_registry
 from cifar_pipeline.report.report import write_report
-from cifar_pipeline.data.download import ArchiveRecord
+from cifar_pipeline.training.checkpoint import load_checkpoint
 from cifar_pipeline.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ import sys
 from pathlib import Path
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.evaluation.evaluate import EvalRecord
+from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import update_registry
 from cifar_pipeline.training.loop import TrainRecord
 cfg = PipelineConfig.model_validate_json(sys.argv[1])

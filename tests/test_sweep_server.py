@@ -93,9 +93,9 @@ def test_trials_run_on_both_workers_and_the_winner_is_promoted(pool, tmp_path):
 
 
 def test_a_worker_process_killed_mid_trial_fails_only_that_trial(pool, tmp_path):
-    from cifar_pipeline.sweep.study import open_storage
-
     import optuna
+
+    from cifar_pipeline.sweep.study import open_storage
 
     out = tmp_path / "out"
     space = tmp_path / "space.toml"

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from cifar_pipeline.training.checkpoint import load_checkpoint
 from cifar_pipeline.config import PRESETS, PipelineConfig
 from cifar_pipeline.errors import TrainingDiverged
-from cifar_pipeline.evaluation.evaluate import evaluate
+from cifar_pipeline.evaluation import evaluate
+from cifar_pipeline.training.checkpoint import load_checkpoint
 from cifar_pipeline.training.loop import train, training_dir, training_key
 
 # Each preset, shrunk to a few CPU steps on the tiny archive; the method itself is unchanged.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
-from filelock import FileLock
 import numpy as np
+from filelock import FileLock
 from pydantic import BaseModel
 
 from ..errors import ArchiveError

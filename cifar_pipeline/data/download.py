@@ -27,8 +27,6 @@ from ..files import CHUNK, atomic_file
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 USER_AGENT = "cifar-pipeline (+https://github.com/; archive fetch)"
 HINT = (
     "To use a mirror or a local copy, pass --source URL_OR_PATH --md5 HEX "

@@ -28,8 +28,8 @@ from pydantic import BaseModel
 
 from ..errors import BadImagesError, ConfigError, ImageError, IntegrityError
 from ..files import atomic_write, atomic_write_json, file_digest, load_verified_joblib, verified_record
-from .images import MAX_PIXELS, SIZE, decode_image
 from ..provenance import code_version
+from .images import MAX_PIXELS, SIZE, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..config import PipelineConfig
 from ..data.augment import normalizer, to_float
 from ..data.batches import TrainBatches, eval_batches, to_device_images
-from ..config import PipelineConfig
 from ..models import build_model
 from ..training.optim import build_optimizer, lr_factor
 from ..training.runtime import autocast, autocast_dtype

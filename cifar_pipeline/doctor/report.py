@@ -14,10 +14,10 @@ from pydantic import BaseModel
 
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
-from .run import DoctorResult, diagnose
-from .checks import BLOG_ITEMS, SEVERITY
 from ..files import atomic_write_json, atomic_write_text
 from ..report.plots import plot_layer_gradients, plot_lr_range, plot_one_batch
+from .checks import BLOG_ITEMS, SEVERITY
+from .run import DoctorResult, diagnose
 
 MARK = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**"}
 

@@ -19,13 +19,13 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from . import probes
 from ..config import PipelineConfig
 from ..data.dataset import CifarArrays
-from .checks import Check, Result, worst
-from .data import check_data, check_input_scale, pixel_stats
 from ..training.health import CHANCE_LOSS
 from ..training.runtime import resolve_device, tune_cpu_allocator
+from . import probes
+from .checks import Check, Result, worst
+from .data import check_data, check_input_scale, pixel_stats
 
 log = logging.getLogger(__name__)
 

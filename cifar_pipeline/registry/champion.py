@@ -21,15 +21,15 @@ import pandas as pd
 from filelock import FileLock
 from pydantic import BaseModel
 
-from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
-from ..evaluation.evaluate import EvalRecord, evaluate_checkpoint
-from .export import export_for_promotion
+from ..evaluation import EvalRecord, evaluate_checkpoint
 from ..files import atomic_write_json, atomic_write_text, file_digest
+from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.loop import TrainRecord
+from .export import export_for_promotion
 from .model_card import write_model_card
 from .predict import preprocessing
-from ..training.loop import TrainRecord
 
 EXPORT_CHECK_IMAGES = 256  # real test images the ONNX export is checked on at promotion
 

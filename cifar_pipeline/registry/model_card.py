@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import PipelineConfig
+from ..config import OFFICIAL_MD5, PipelineConfig
 from ..data.dataset import DatasetRecord
-from ..evaluation.evaluate import EvalRecord
+from ..evaluation import EvalRecord
 from ..files import atomic_write_text
-from .predict import INPUT_DESCRIPTION, preprocessing
 from ..training.loop import TrainRecord
+from .predict import INPUT_DESCRIPTION, preprocessing
 
 
 def confused_pairs(confusion: list[list[int]], classes: list[str], n: int = 5) -> list[tuple[str, str, int]]:
@@ -106,8 +106,6 @@ The class pairs it confuses most (true class predicted as another):
 
 
 def _data_origin(md5: str) -> str:
-    from ..data.download import OFFICIAL_MD5
-
     text = ("The training data are **JPEG-derived**: CIFAR-10's images are downscaled web photos, most of them "
             "JPEG-compressed before they were shrunk")
     if md5 != OFFICIAL_MD5:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.augment import CIFAR_MEAN, CIFAR_STD
-from ..training.checkpoint import load_checkpoint
 from ..config import PipelineConfig
+from ..data.augment import CIFAR_MEAN, CIFAR_STD
 from ..errors import ConfigError
-from ..evaluation.evaluate import tta_logits
+from ..evaluation import tta_logits
 from ..files import file_digest
 from ..models import build_model
+from ..training.checkpoint import load_checkpoint
 from ..training.runtime import autocast, autocast_dtype, resolve_device
 
 # The archive's label order (batches.meta); model files written before they carried their

@@ -22,9 +22,9 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel
 
+from ..data.images import decode_image, is_image_file
 from ..errors import ConfigError, ImageError
 from ..files import atomic_file
-from ..data.images import decode_image, is_image_file
 from .predict import ModelInfo, OnnxPredictor, Predictor, softmax
 
 GLOB_CHARS = set("*?[")

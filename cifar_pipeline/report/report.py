@@ -16,15 +16,15 @@ from pydantic import BaseModel
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
 from ..data.download import ArchiveRecord
-from ..evaluation.evaluate import EvalRecord
 from ..data.extra import ExtraDataRecord
+from ..evaluation import EvalRecord
 from ..files import atomic_write_text
-from ..registry.model_card import confused_pairs
-from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
 from ..provenance import versions
 from ..registry.champion import PromotionDecision, read_history
+from ..registry.model_card import confused_pairs
 from ..training.budget import BudgetPlan
 from ..training.loop import TrainRecord, training_data
+from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
 GRID_IMAGES = 32  # test images shown with their labels

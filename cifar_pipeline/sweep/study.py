@@ -26,8 +26,8 @@ from pydantic import BaseModel, Field
 from ..config import PipelineConfig, validate_config
 from ..data.dataset import DatasetRecord
 from ..errors import PipelineError, TrainingDiverged
-from .space import SearchSpace
 from ..training.loop import EpochMetrics, train
+from .space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -154,8 +154,8 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
 
 
 def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
-    from .runtime import autocast_dtype
     from .loop import _new_run, _step, _sync, train_batches, training_data
+    from .runtime import autocast_dtype
 
     data = training_data(cfg, dataset)
     batches = train_batches(cfg, data, device)

@@ -19,6 +19,7 @@ from functools import cache
 import torch
 from pydantic import BaseModel
 
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str  # "Intel(R) Xeon(R) Processor", "AMD EPYC 7B13", ...

@@ -26,23 +26,28 @@ from filelock import FileLock
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from . import health
-from ..data.batches import TrainBatches, to_device_images
-from ..data.augment import normalizer, to_float
-from .checkpoint import save_checkpoint, try_load_checkpoint
 from ..config import PipelineConfig
-from .cpu_tuning import CpuSettings, current_cpu_settings
+from ..data.augment import normalizer, to_float
+from ..data.batches import TrainBatches, to_device_images
 from ..data.dataset import DatasetRecord, load_arrays
-from ..errors import ConfigError, TrainingDiverged
 from ..data.extra import ExtraDataRecord, load_extra, training_digest
+from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write_json, file_digest, remove_temp_files
 from ..models import build_model, count_parameters
-from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 from ..provenance import code_version
+from . import health
+from .checkpoint import save_checkpoint, try_load_checkpoint
+from .cpu_tuning import CpuSettings, current_cpu_settings
+from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 from .runtime import (
-    autocast, autocast_dtype, device_name, precision_name, resolve_device, tune_cpu_allocator,
+    autocast,
+    autocast_dtype,
+    device_name,
+    precision_name,
+    resolve_device,
+    tune_cpu_allocator,
 )
-from ..evaluation.scoring import score
+from .scoring import score
 
 log = logging.getLogger(__name__)
 

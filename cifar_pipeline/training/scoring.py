@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batches import eval_batches
-from ..training.runtime import autocast
+from .runtime import autocast
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:

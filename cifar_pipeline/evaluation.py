@@ -13,16 +13,16 @@ import pandas as pd
 import torch
 from pydantic import BaseModel
 
-from ..training.checkpoint import load_checkpoint
-from ..config import PipelineConfig
-from ..data.dataset import DatasetRecord, load_arrays
-from ..errors import IntegrityError
-from ..files import atomic_write_json, file_digest
-from ..models import build_model
-from ..provenance import code_version
-from ..training.runtime import autocast_dtype, resolve_device
-from .scoring import score, tta_logits  # noqa: F401  (tta_logits: part of this module's API)
-from ..training.loop import TrainRecord
+from .config import PipelineConfig
+from .data.dataset import DatasetRecord, load_arrays
+from .errors import IntegrityError
+from .files import atomic_write_json, file_digest
+from .models import build_model
+from .provenance import code_version
+from .training.checkpoint import load_checkpoint
+from .training.loop import TrainRecord
+from .training.runtime import autocast_dtype, resolve_device
+from .training.scoring import score, tta_logits  # noqa: F401  (tta_logits: part of this module's API)
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""Evaluation: score a trained checkpoint on the test set (with test-time augmentation)."""
