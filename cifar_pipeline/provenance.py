@@ -20,6 +20,8 @@ CODE_PARTS = {
               "models"],
     "eval": ["evaluation.py", "training/scoring.py", "data/batches.py", "data/augment.py",
              "training/checkpoint.py", "training/runtime.py", "training/cpu_tuning.py", "models"],
+    "doctor": ["doctor", "training/optim.py", "data/batches.py", "data/augment.py", "training/runtime.py",
+               "training/cpu_tuning.py", "models"],
 }
 
 

@@ -84,12 +84,13 @@ def change_note(states: dict[str, str]) -> tuple[bool, str]:
     return False, f"new work: {', '.join(ran)} ran" + ("" if "train" in ran else "; the model was not retrained")
 
 
-def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str) -> Any:
+def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str,
+              cache: Path) -> Any:
     """The doctor's quick checks into the run folder (diagnosis.md) and the `cifar-diagnosis` artifact."""
     get_run_logger().warning("%s: running the doctor's quick checks", why)
     try:
         return steps.run(doctor_task, config=cfg, dataset=dataset, folder=str(run_dir), quick=True,
-                         prefix="diagnosis", artifact_key="cifar-diagnosis",
+                         prefix="diagnosis", artifact_key="cifar-diagnosis", cache_dir=str(cache),
                          title=f"Diagnosis of run {run_id} ({why})")
     except Exception as exc:  # noqa: BLE001 - a failed diagnosis must not hide the run's own outcome
         get_run_logger().warning("the quick checks failed: %s", exc)
@@ -144,11 +145,11 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
     except TrainingDiverged:
         # The run still fails, but whoever finds it in the UI gets the diagnosis with it.
-        _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss became NaN")
+        _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss became NaN", cache)
         raise
     diagnosis = None
     if any(e.at_chance for e in trained.epochs):
-        diagnosis = _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss sat at chance level")
+        diagnosis = _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss sat at chance level", cache)
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)

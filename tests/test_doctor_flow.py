@@ -74,6 +74,15 @@ def test_run_at_chance_carries_the_quick_checks_in_its_report(tmp_path, archive)
     assert "data:image/png;base64," in artifacts["cifar-report"].data  # the figures travel with the report
     assert "cifar-diagnosis" in artifacts
 
+    # The same run again: training is a cache hit, and so are its quick checks (no probes rerun);
+    # the new run folder still gets its own diagnosis files.
+    again = cifar_pipeline(config=PipelineConfig(**AT_CHANCE, source=[str(path)], md5=md5,
+                                                 output_dir=str(tmp_path)))
+    assert again.tasks["train"] == "Cached" and again.run_dir != summary.run_dir
+    assert json.loads((Path(again.run_dir) / "diagnosis.json").read_text()) == quick  # same `seconds`, same curves
+    assert (Path(again.run_dir) / "diagnosis-lr-range.png").is_file()
+    assert "## Diagnosis (the doctor's quick checks)" in Path(again.report).read_text()
+
 
 @pytest.mark.usefixtures("prefect_api", "fast_doctor")
 def test_diverged_run_fails_but_leaves_a_diagnosis_first(tmp_path, archive):

@@ -2,10 +2,15 @@
 
 The same writer serves the `doctor` command (its own run folder) and a training run found at
 chance or diverged (files prefixed `diagnosis` in that run's folder, linked from its report).
+A training run's quick checks are kept by config, data and code, so that rerunning an unchanged run
+(its training a cache hit) writes the same diagnosis again without the probes' 20-70 s.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -15,9 +20,12 @@ from pydantic import BaseModel
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
 from ..files import atomic_write_json, atomic_write_text
+from ..provenance import code_version
 from ..report.plots import plot_layer_gradients, plot_lr_range, plot_one_batch
 from .checks import BLOG_ITEMS, SEVERITY
 from .run import DoctorResult, diagnose
+
+log = logging.getLogger(__name__)
 
 MARK = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**"}
 
@@ -133,8 +141,28 @@ def write_doctor_report(result: DoctorResult, folder: str | os.PathLike, cfg: Pi
                         section=body)
 
 
+def diagnosis_key(cfg: PipelineConfig, data_md5: str, quick: bool) -> str:
+    blob = json.dumps({"config": cfg.model_dump(mode="json", exclude={"output_dir"}), "data": data_md5,
+                       "quick": quick, "code": code_version("doctor")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def doctor_dataset(cfg: PipelineConfig, dataset: DatasetRecord, folder: str | os.PathLike, title: str, *,
-                   quick: bool = False, prefix: str = "doctor") -> DoctorReport:
-    """Diagnose a resolved config on a decoded dataset and write the report into `folder`."""
-    result = diagnose(cfg, load_arrays(dataset), quick=quick)
+                   quick: bool = False, prefix: str = "doctor", cache_dir: str | os.PathLike | None = None,
+                   ) -> DoctorReport:
+    """Diagnose a resolved config on a decoded dataset and write the report into `folder`.
+
+    With `cache_dir`, a result stored for the same config, data and code is reused instead of probing again.
+    """
+    stored = None
+    if cache_dir is not None:
+        stored = Path(cache_dir) / "diagnoses" / f"{diagnosis_key(cfg, dataset.archive_md5, quick)}.json"
+    if stored is not None and stored.exists():
+        log.info("doctor: reusing the checks of an identical earlier run (%s)", stored)
+        result = DoctorResult.model_validate_json(stored.read_text())
+    else:
+        result = diagnose(cfg, load_arrays(dataset), quick=quick)
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stored, result.model_dump(mode="json"))
     return write_doctor_report(result, folder, cfg, title, prefix)
