@@ -6,14 +6,16 @@
   (c) the `cpu` preset on the real archive: accuracy, training time, data time per epoch;
   (e) end to end, what a user waits for: wall time of `cifar-pipeline run --preset seed --epochs 2`
       (a fresh output folder: Prefect's start-up, decoding, training, evaluation, report) against the
-      blog's script for 2 epochs (benchmarks/seed_code.py), interleaved.
+      blog's script for 2 epochs (benchmarks/seed_code.py), interleaved;
+  (p) what the `cpu` preset's time budget plans here: the flow's own warm-up measurement (seconds per
+      epoch) and the epochs it allows, for each width in --budget-widths (default: the preset's).
 
-Parts: seed (a), floor (b), cpu (c), e2e (e); `--parts seed,e2e` runs only those. The header names
+Parts: seed (a), floor (b), cpu (c), e2e (e), budget (p); `--parts seed,e2e` runs only those. The header names
 the CPU class the figures belong to (benchmarks/RESULTS.md keeps one table per class). To see an
 AVX-512 machine behave as an AVX2 one, run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 (the header then says "emulated").
 
-    python benchmarks/cpu_benchmark.py --archive PATH --md5 HEX [--parts seed,floor,cpu,e2e] [--trials 5]
+    python benchmarks/cpu_benchmark.py --archive PATH --md5 HEX [--parts seed,floor,cpu,e2e,budget] [--trials 5]
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from cifar_pipeline.data.dataset import build_dataset, extract_archive  # noqa: 
 from cifar_pipeline.data.download import fetch_archive  # noqa: E402
 from cifar_pipeline.evaluation import evaluate  # noqa: E402
 from cifar_pipeline.models import build_model  # noqa: E402
+from cifar_pipeline.training.budget import measure_steps, plan_epochs  # noqa: E402
 from cifar_pipeline.training.cpu_tuning import busy_cores, capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.training.loop import train  # noqa: E402
 
 TRAIN_IMAGES = 50_000
-PARTS = ("seed", "floor", "cpu", "e2e")
+PARTS = ("seed", "floor", "cpu", "e2e", "budget")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -124,6 +127,19 @@ def pipeline_seed_trial(dataset, cache: Path, n_images: int, trial: int) -> dict
             "seconds": epoch.seconds, "precision": record.precision}
 
 
+def budget_plans(dataset, widths: list[int | None], **overrides) -> list[dict]:
+    """The `cpu` preset's budget plan per width, from the same warm-up measurement the flow runs."""
+    plans = []
+    for width in widths:
+        cfg = PipelineConfig(preset="cpu", **({"width": width} if width else {}), **overrides).resolved({})
+        per_step, steps, timed = measure_steps(cfg, dataset)
+        epoch_seconds = per_step * steps
+        plans.append({"width": cfg.width, "seconds_per_epoch": epoch_seconds, "timed_steps": timed,
+                      "budget_min": cfg.time_budget_min, "configured_epochs": cfg.epochs,
+                      "planned_epochs": plan_epochs(cfg.time_budget_min, cfg.epochs, epoch_seconds)})
+    return plans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", required=True)
@@ -134,6 +150,7 @@ def main() -> None:
     parser.add_argument("--skip-cpu-preset", action="store_true", help="same as leaving cpu out of --parts")
     parser.add_argument("--e2e-epochs", type=int, default=2)
     parser.add_argument("--e2e-trials", type=int, default=1)
+    parser.add_argument("--budget-widths", default="", help="widths for the budget part, e.g. 48,64")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -230,6 +247,15 @@ def main() -> None:
                                                 f"{c['precision']}"),
                  ("`cpu` preset per epoch: data / compute",
                   f"{c['data_seconds_per_epoch']:.1f} s / {c['compute_seconds_per_epoch']:.1f} s")]
+
+    # (p) the budget's plan for the cpu preset on this machine
+    if "budget" in parts:
+        widths = [int(w) for w in args.budget_widths.split(",") if w.strip()] or [None]
+        results["p_budget"] = budget_plans(dataset, widths)
+        for p in results["p_budget"]:
+            rows.append((f"`cpu` preset, width {p['width']}: budget warm-up ({p['timed_steps']} steps) and plan",
+                         f"{p['seconds_per_epoch']:.1f} s/epoch: {p['planned_epochs']:g} of {p['configured_epochs']:g} "
+                         f"epochs in {p['budget_min']:g} min"))
 
     print("\n| measurement | value |\n|---|---|")
     for name, value in rows:

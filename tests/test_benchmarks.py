@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmarks.cpu_benchmark import (
+    budget_plans,
     end_to_end_trial,
     machine_header,
     matmul_peak_gflops,
@@ -45,6 +46,15 @@ def test_end_to_end_trial_times_the_blog_script_and_the_cli(tiny_archive, tmp_pa
     trial = end_to_end_trial(str(path), md5, tmp_path / "tv", tmp_path, epochs=1, trial=0)
     assert trial["blog_seconds"] > 0 and trial["pipeline_seconds"] > trial["pipeline_task_seconds"] > 0
     assert 0 <= trial["blog_accuracy"] <= 1 and 0 <= trial["pipeline_accuracy"] <= 1
+
+
+def test_budget_part_plans_the_cpu_preset_per_width(tiny_dataset):
+    record, _ = tiny_dataset
+    plans = budget_plans(record, [8, 16], batch_size=32, precision="fp32")
+    assert [p["width"] for p in plans] == [8, 16]
+    for p in plans:
+        assert p["seconds_per_epoch"] > 0 and p["timed_steps"] >= 1 and p["budget_min"] == 15
+        assert p["planned_epochs"] == p["configured_epochs"]  # a tiny dataset fits any budget
 
 
 def test_port_check_sides_run_on_the_tiny_archive(tiny_dataset, tmp_path):
