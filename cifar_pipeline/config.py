@@ -113,6 +113,10 @@ class PipelineConfig(BaseModel):
         "train", "Training time budget in minutes: a measured warm-up decides how many epochs fit (0 = none: "
         "train the configured epochs)."
     )
+    budget_widths: Opt(list[Annotated[int, Field(ge=4, le=512)]]) = _field(
+        "train", "With a time budget: airnet widths to choose from; the widest that keeps at least half the "
+        "configured epochs within the budget trains (empty: the width as set)."
+    )
     optimizer: Opt(Literal["sgd", "muon"]) = _field(
         "train", "sgd: SGD for every weight; muon: Muon for conv filters, SGD for biases and the head."
     )
@@ -194,6 +198,13 @@ class PipelineConfig(BaseModel):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("budget_widths", mode="before")
+    @classmethod
+    def _split_widths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [int(part) for part in value.replace(",", " ").split()]
+        return value
+
     @field_validator("md5", mode="before")
     @classmethod
     def _lower_md5(cls, value: Any) -> Any:
@@ -223,6 +234,8 @@ class PipelineConfig(BaseModel):
             if environ.get(MD5_ENV):
                 from_env["md5"] = environ[MD5_ENV]
         preset = {k: v for k, v in PRESETS[self.preset].items() if k != "description"}
+        if "width" in explicit and "budget_widths" not in explicit:
+            preset["budget_widths"] = []  # a width asked for is the width trained
         return validate_config({**DEFAULTS, **preset, **from_env, **explicit})
 
     def sources(self) -> list[str]:

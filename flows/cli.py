@@ -47,6 +47,8 @@ def _option_kwargs(name: str, annotation: Any, description: str) -> dict[str, An
         return {"action": argparse.BooleanOptionalAction, "help": description}
     if origin is typing.Literal:
         return {"choices": list(typing.get_args(base)), "help": description}
+    if origin is list and typing.get_origin(typing.get_args(base)[0]) is typing.Annotated:  # numbers
+        return {"type": str, "metavar": "N,N,...", "help": description + " Comma-separated; \"\" for none."}
     if origin is list:
         metavar = "DIR" if name == "extra_data" else "URL_OR_PATH"
         return {"action": "append", "metavar": metavar, "help": description + " May repeat."}

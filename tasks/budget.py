@@ -15,5 +15,5 @@ def budget_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str,
                 extra: ExtraDataRecord | None = None) -> BudgetPlan:
     device = resolve_device(config.device)
     return plan_training(config, dataset.archive_md5, cache_dir, machine_key(device),
-                         lambda: measure_steps(config, dataset, device),
+                         lambda planned: measure_steps(planned, dataset, device),
                          train_images=len(training_data(config, dataset, extra).y_train))

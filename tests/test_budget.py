@@ -38,7 +38,7 @@ def _cfg(**kw):
 def test_measurement_is_cached_per_machine_and_config(tmp_path):
     calls = []
 
-    def measure():
+    def measure(cfg):
         calls.append(1)
         return 8.0, 25, 3  # 200 s per epoch
 
@@ -58,6 +58,54 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
     # Extra training images lengthen the epoch: the stored step time plans over the images there are now.
     grown = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=100000)
     assert grown.cached and (grown.seconds_per_epoch, grown.planned_epochs) == (400, 2)
+
+
+def _by_width(seconds_per_epoch: dict[int, float], calls: list[int]):
+    def measure(cfg):
+        calls.append(cfg.width)
+        return seconds_per_epoch[cfg.width] / 25, 25, 3
+    return measure
+
+
+def test_the_widest_width_keeping_half_the_epochs_trains(tmp_path):
+    cfg = _cfg(epochs=16, budget_widths=[48, 64, 32])  # any order: widest first
+    calls = []
+    # AVX-512 BF16: the widest fits all 16 epochs and is the only one measured.
+    fast = plan_training(cfg, "md5", tmp_path / "a", MACHINE, _by_width({64: 45, 48: 30, 32: 15}, calls),
+                         train_images=50000)
+    assert (fast.width, fast.planned_epochs, calls) == (64, 16, [64])
+    assert "at width 64" in fast.summary() and fast.width_note() == ""
+    # AVX2: 64 leaves 2 epochs, 48 leaves 4 (under half of 16), 32 leaves 8: width 32.
+    calls.clear()
+    slow = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 400, 48: 200, 32: 110}, calls),
+                         train_images=50000)
+    assert (slow.width, slow.planned_epochs, calls) == (32, 8, [64, 48, 32])
+    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2), (48, 4), (32, 8)]
+    assert "Width 32 chosen from width 64: 400 s/epoch, 2 epochs" in slow.width_note()
+    planned = planned_config(cfg, slow)
+    assert (planned.width, planned.epochs) == (32, 8)
+    assert training_key(planned, "md5") != training_key(planned_config(cfg, fast), "md5")
+    # Rerun on the same machine: every measurement reused, the same choice.
+    calls.clear()
+    again = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 1, 48: 1, 32: 1}, calls),
+                          train_images=50000)
+    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 8, True, [])
+
+
+def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path):
+    cfg = _cfg(epochs=16, budget_widths=[64, 32])
+    plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 1200, 32: 300}, []), train_images=50000)
+    assert (plan.width, plan.planned_epochs) == (32, 2)
+    too_slow = _by_width({64: 4000, 32: 2000}, [])
+    with pytest.raises(ConfigError, match="one epoch takes about 33.3 min"):
+        plan_training(cfg, "md5", tmp_path / "x", MACHINE, too_slow, train_images=50000)
+
+
+def test_a_width_asked_for_turns_the_width_choice_off():
+    assert _cfg(budget_widths=[64, 32]).budget_widths == [64, 32]
+    assert _cfg(width=48).budget_widths == [] and _cfg(width=48).width == 48
+    assert _cfg(width=48, budget_widths="64,48").budget_widths == [64, 48]
+    assert PipelineConfig(preset="seed").resolved({}).budget_widths == []
 
 
 def test_planned_config_trains_the_planned_epochs_under_its_own_key():

@@ -163,7 +163,10 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
         lines.append(f"**Time budget:** {budget.budget_min:g} min. A warm-up measured {budget.seconds_per_epoch:.1f} s "
                      f"per epoch ({budget.images_per_second:.0f} images/s"
                      f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
-                     f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs.")
+                     f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs"
+                     f"{f' at width {budget.width}' if budget.width is not None else ''}.")
+        if budget.width_note():
+            lines[-1] += " " + budget.width_note()
     cpu = trained.cpu_settings
     if cpu is not None:
         why = "; ".join(cpu.reasons) or "as configured"

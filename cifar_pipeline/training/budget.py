@@ -31,6 +31,9 @@ from ..files import atomic_write_json
 log = logging.getLogger(__name__)
 
 EPOCH_STEP = 2  # planned epochs are a multiple of this (or 1, when fewer than EPOCH_STEP fit)
+# With budget_widths, the widest width that keeps at least this share of the configured epochs trains:
+# at a fixed budget a narrower net for more epochs beat a wider one cut short (benchmarks/RESULTS.md).
+MIN_EPOCH_SHARE = 0.5
 WARMUP_STEPS = 2  # untimed: first-call allocations and kernel selection
 MIN_TIMED_STEPS = 3
 MIN_TIMED_SECONDS = 3.0
@@ -49,6 +52,12 @@ class Measurement(BaseModel):
         return self.seconds_per_step * self.steps_per_epoch
 
 
+class WidthOption(BaseModel):
+    width: int
+    seconds_per_epoch: float
+    epochs: float  # 0: not even one epoch fits
+
+
 class BudgetPlan(BaseModel):
     budget_min: float
     configured_epochs: float
@@ -58,12 +67,24 @@ class BudgetPlan(BaseModel):
     machine: str
     cached: bool  # the measurement came from an earlier run on this machine
     measured_at: str
+    width: int | None = None  # chosen from budget_widths; None: the width as configured
+    options: list[WidthOption] = []  # the widths measured, widest first
 
     def summary(self) -> str:
         capped = " (the configured epochs)" if self.planned_epochs == self.configured_epochs else ""
+        width = f" at width {self.width}" if self.width is not None else ""
         return (f"time budget {self.budget_min:g} min: measured {self.seconds_per_epoch:.1f} s/epoch "
                 f"({self.images_per_second:.0f} img/s{', cached' if self.cached else ''}) on {self.machine}; "
-                f"trains {self.planned_epochs:g} epochs{capped}")
+                f"trains {self.planned_epochs:g} epochs{width}{capped}")
+
+    def width_note(self) -> str:
+        """Why this width, for the report: what each width measured would have trained."""
+        if self.width is None or len(self.options) < 2:
+            return ""
+        tried = ", ".join(f"width {o.width}: {o.seconds_per_epoch:.0f} s/epoch, "
+                          f"{f'{o.epochs:g} epochs' if o.epochs else 'not one epoch'}" for o in self.options)
+        return (f"Width {self.width} chosen from {tried} (the widest keeping at least "
+                f"{MIN_EPOCH_SHARE:.0%} of the configured epochs).")
 
 
 def plan_epochs(budget_min: float, configured_epochs: float, seconds_per_epoch: float,
@@ -89,7 +110,7 @@ def measurement_key(machine: str, cfg: PipelineConfig, data_md5: str) -> str:
     # The training key minus the epochs and the budget: neither changes the speed of a step.
     from .loop import training_key
 
-    timed = cfg.model_copy(update={"epochs": 1.0, "time_budget_min": 0.0})
+    timed = cfg.model_copy(update={"epochs": 1.0, "time_budget_min": 0.0, "budget_widths": []})
     blob = json.dumps({"machine": machine, "train": training_key(timed, data_md5)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -99,34 +120,71 @@ def plan_training(
     data_md5: str,
     cache_dir: str | os.PathLike,
     machine: str,
-    measure: Callable[[], tuple[float, int, int]],
+    measure: Callable[[PipelineConfig], tuple[float, int, int]],
     *,
     train_images: int,
 ) -> BudgetPlan:
-    """Plan the epochs of `cfg` over `train_images` images within its time budget; `measure()` ->
-    (seconds per step, steps per epoch, timed steps) runs only when this machine and configuration
-    have no stored measurement."""
+    """Plan the epochs of `cfg` (and its width, given `budget_widths`) over `train_images` images within
+    its time budget. `measure(config)` -> (seconds per step, steps per epoch, timed steps) runs only
+    when this machine and configuration have no stored measurement."""
+    if not cfg.budget_widths:
+        plan = _plan_one(cfg, data_md5, cache_dir, machine, measure, train_images)
+    else:
+        plan = _plan_width(cfg, data_md5, cache_dir, machine, measure, train_images)
+    log.info("%s", plan.summary())
+    return plan
+
+
+def _plan_width(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike, machine: str,
+                measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int) -> BudgetPlan:
+    """The widest of `budget_widths` keeping MIN_EPOCH_SHARE of the epochs, else the one training most epochs.
+
+    Widths are measured widest first and only until one qualifies, so a fast machine measures once.
+    """
+    plans: list[BudgetPlan] = []
+    for width in sorted(set(cfg.budget_widths), reverse=True):
+        plan = _plan_one(cfg.model_copy(update={"width": width}), data_md5, cache_dir, machine, measure,
+                         train_images, none_fit_ok=True)
+        plans.append(plan.model_copy(update={"width": width}))
+        if plan.planned_epochs >= MIN_EPOCH_SHARE * cfg.epochs:
+            break
+    options = [WidthOption(width=p.width, seconds_per_epoch=p.seconds_per_epoch, epochs=p.planned_epochs)
+               for p in plans]
+    chosen = plans[-1]
+    if chosen.planned_epochs < MIN_EPOCH_SHARE * cfg.epochs:
+        chosen = max(plans, key=lambda p: (p.planned_epochs, p.width))
+    if not chosen.planned_epochs:  # not one epoch even at the narrowest width: say how long one takes
+        plan_epochs(cfg.time_budget_min, cfg.epochs, plans[-1].seconds_per_epoch)
+    return chosen.model_copy(update={"options": options})
+
+
+def _plan_one(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike, machine: str,
+              measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int,
+              none_fit_ok: bool = False) -> BudgetPlan:
     path = Path(cache_dir) / "budget" / f"{measurement_key(machine, cfg, data_md5)}.json"
     cached = path.exists()
     if cached:
         found = Measurement.model_validate_json(path.read_text())
     else:
-        seconds_per_step, steps_per_epoch, timed = measure()
+        seconds_per_step, steps_per_epoch, timed = measure(cfg)
         found = Measurement(machine=machine, seconds_per_step=seconds_per_step, steps_per_epoch=steps_per_epoch,
                             timed_steps=timed, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, found.model_dump())
     # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
     seconds_per_epoch = found.seconds_per_step * max(1, train_images // cfg.batch_size)
-    epochs = plan_epochs(cfg.time_budget_min, cfg.epochs, seconds_per_epoch)
-    plan = BudgetPlan(
+    try:
+        epochs = plan_epochs(cfg.time_budget_min, cfg.epochs, seconds_per_epoch)
+    except ConfigError:
+        if not none_fit_ok:
+            raise
+        epochs = 0.0
+    return BudgetPlan(
         budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs,
         seconds_per_epoch=seconds_per_epoch,
         images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
         machine=machine, cached=cached, measured_at=found.measured_at,
     )
-    log.info("%s", plan.summary())
-    return plan
 
 
 def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConfig:
@@ -134,7 +192,10 @@ def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConf
     schedule) follow the epochs actually trained."""
     if plan is None:
         return cfg
-    return cfg.model_copy(update={"epochs": plan.planned_epochs})
+    update = {"epochs": plan.planned_epochs}
+    if plan.width is not None:
+        update["width"] = plan.width
+    return cfg.model_copy(update=update)
 
 
 def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> tuple[float, int, int]:
