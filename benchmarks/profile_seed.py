@@ -61,6 +61,41 @@ def make_trial(steps: int, channels_last: bool = True, threads: int | None = Non
     return trial
 
 
+def make_halves_trial(steps: int):
+    """The same SGD step, parallel across cores instead of within ops: each core computes the gradient
+    of half the batch on one thread (no OpenMP barrier per op), the halves are summed (same update)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = build_model("seed_net").to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.01, foreach=False)
+    xs = [torch.rand(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(steps)]
+    ys = [torch.randint(0, 10, (BATCH,)) for _ in range(steps)]
+    pool = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
+    default_threads = torch.get_num_threads()
+    half = BATCH // 2
+
+    def grads(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum") / BATCH, params)
+
+    def trial() -> float:
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        try:
+            for x, y in zip(xs, ys):
+                other = pool.submit(grads, x[:half], y[:half])
+                mine = grads(x[half:], y[half:])
+                for p, a, b in zip(params, other.result(), mine):
+                    p.grad = a.add_(b)
+                optimizer.step()
+            return steps * BATCH / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(default_threads)
+
+    return trial
+
+
 def compare(steps: int, rounds: int) -> None:
     cpu = detect_cpu()
     options = {
@@ -68,6 +103,7 @@ def compare(steps: int, rounds: int) -> None:
         "contiguous": make_trial(steps, channels_last=False),
         "channels_last, 1 thread": make_trial(steps, threads=1),
         "channels_last, oneDNN off": make_trial(steps, mkldnn=False),
+        "2 cores x half batch, 1 thread each": make_halves_trial(steps),
     }
     if cpu.native_bf16:
         options["channels_last, bf16 autocast"] = make_trial(steps, bf16=True)

@@ -80,4 +80,4 @@ def test_profiling_script_compares_options(capsys):
 
     compare(steps=2, rounds=1)
     out = capsys.readouterr().out
-    assert "channels_last, 1 thread" in out and "contiguous" in out
+    assert "channels_last, 1 thread" in out and "contiguous" in out and "half batch" in out
