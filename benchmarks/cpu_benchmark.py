@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--archive", required=True)
     parser.add_argument("--md5", required=True)
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--images", type=int, default=8000, help="images per speed trial (500 steps at 8000)")
+    parser.add_argument("--images", type=int, default=50000,
+                        help="images per speed trial (default a full epoch: short trials overweight start-up)")
     parser.add_argument("--parts", type=parse_parts, default=list(PARTS), help="comma-separated: " + ",".join(PARTS))
     parser.add_argument("--skip-cpu-preset", action="store_true", help="same as leaving cpu out of --parts")
     parser.add_argument("--e2e-epochs", type=int, default=2)
