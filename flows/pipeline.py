@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,9 @@ class _Steps:
         bound = task.with_options(result_storage=self.storage) if task.cache_key_fn else task
         state = bound(**params, return_state=True)
         result = state.result()
-        if state.is_completed() and state.name == "Cached" and _missing_files(result):
-            # The cache record outlived the files it points to (a cleaned cache folder): redo.
-            get_run_logger().warning("%s: cached result points to deleted files; running it again", task.name)
+        if state.is_completed() and state.name == "Cached" and _stale(task, result):
+            get_run_logger().warning("%s: cached result is stale (its files were deleted, or an older version of "
+                                     "the code wrote it); running it again", task.name)
             state = bound.with_options(refresh_cache=True)(**params, return_state=True)
             result = state.result()
         self.states[task.name] = state.name
@@ -95,6 +96,19 @@ def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, r
     except Exception as exc:  # noqa: BLE001 - a failed diagnosis must not hide the run's own outcome
         get_run_logger().warning("the quick checks failed: %s", exc)
         return None
+
+
+def _stale(task: Task, result: Any) -> bool:
+    """A cached result that cannot serve: the cache record outlived the files it points to (a cleaned
+    cache folder), or it was written before its record class moved, and Prefect's JSON decoder,
+    finding no class at the stored path, handed back a plain dict."""
+    try:
+        expected = typing.get_type_hints(task.fn).get("return")
+    except (NameError, TypeError):
+        expected = None
+    if isinstance(expected, type) and not isinstance(result, expected):
+        return True
+    return _missing_files(result)
 
 
 def _missing_files(record: Any) -> bool:

@@ -87,6 +87,24 @@ def test_cleaned_cache_folder_is_rebuilt_even_with_a_cache_record(tmp_path, tiny
     assert again.tasks["train"] == "Completed"
 
 
+def test_cached_results_written_before_a_class_moved_are_redone(tmp_path, tiny_archive):
+    path, md5 = tiny_archive
+    common = dict(source=[str(path)], md5=md5, output_dir=str(tmp_path))
+    first = run_flow(**common)
+    # What an upgrade that moves a record class leaves behind: results naming the old module.
+    moved = 0
+    for record in (tmp_path / "cache" / "results").iterdir():
+        text = record.read_text()
+        if "cifar_pipeline.data.download.ArchiveRecord" in text:
+            record.write_text(text.replace("cifar_pipeline.data.download.ArchiveRecord",
+                                           "cifar_pipeline.download.ArchiveRecord"))
+            moved += 1
+    assert moved == 1
+    again = run_flow(**common)
+    assert again.tasks["download"] == "Completed" and again.tasks["train"] == "Cached"
+    assert again.test_accuracy == first.test_accuracy
+
+
 def test_failing_server_is_retried_until_it_answers(tmp_path, tiny_archive, server):
     path, md5 = tiny_archive
     server.faults = ["503", "503"]
