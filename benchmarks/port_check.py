@@ -10,7 +10,7 @@ published package on the same images, patched at run time only in its device and
 
     python benchmarks/port_check.py --archive PATH --md5 HEX [--seeds 0,1] [--airbench-src DIR [--airbench-seeds 0]]
 
-About 25-35 min per seed and side on a 2-core AVX-512 CPU (an hour for seeds 0 and 1 on one side).
+About 19 min per seed and side on a 2-core AVX-512 BF16 CPU in fp32 (results: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
