@@ -32,7 +32,8 @@ def test_less_than_one_epoch_is_a_clear_error():
 
 
 def _cfg(**kw):
-    return PipelineConfig(preset="cpu", **kw).resolved({})
+    """The cpu preset with one width unless a test gives budget_widths."""
+    return PipelineConfig(preset="cpu", **{"budget_widths": [], **kw}).resolved({})
 
 
 def test_measurement_is_cached_per_machine_and_config(tmp_path):
@@ -102,9 +103,12 @@ def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path
 
 
 def test_a_width_asked_for_turns_the_width_choice_off():
-    assert _cfg(budget_widths=[64, 32]).budget_widths == [64, 32]
-    assert _cfg(width=48).budget_widths == [] and _cfg(width=48).width == 48
-    assert _cfg(width=48, budget_widths="64,48").budget_widths == [64, 48]
+    def cpu(**kw):
+        return PipelineConfig(preset="cpu", **kw).resolved({})
+
+    assert cpu().budget_widths == [64, 48, 32]
+    assert cpu(width=48).budget_widths == [] and cpu(width=48).width == 48
+    assert cpu(width=48, budget_widths="64,48").budget_widths == [64, 48]
     assert PipelineConfig(preset="seed").resolved({}).budget_widths == []
 
 
