@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -99,6 +100,8 @@ def verified_record(record_path: str | os.PathLike, model: type[M]) -> M | None:
     record = model.model_validate_json(record_path.read_text())
     if Path(record.path).exists() and file_digest(record.path) == record.sha256:
         return record
+    logging.getLogger(__name__).warning("cache in %s is damaged (its file is gone or changed); building it again",
+                                        record_path.parent)
     return None
 
 

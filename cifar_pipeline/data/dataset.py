@@ -69,8 +69,6 @@ def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> Datase
     if (record := verified_record(record_path, DatasetRecord)) is not None:
         log.info("dataset for archive %s already built", archive_md5)
         return record
-    if record_path.exists():
-        log.warning("dataset cache in %s is damaged; rebuilding it", folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".extract-") as tmp:
         root = extract_archive(archive, Path(tmp))
         arrays = read_batches(root)

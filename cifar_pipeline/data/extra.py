@@ -187,8 +187,6 @@ def build_extra_data(
         if (record := verified_record(record_path, ExtraDataRecord)) is not None:
             log.info("extra data %s already decoded", key)
             return record
-        if record_path.exists():
-            log.warning("extra data cache in %s is damaged; decoding again", folder)
         record = _build(manifest, key, folder, policy, max_pixels)
         atomic_write_json(record_path, record.model_dump())
         return record

@@ -165,8 +165,8 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
                      f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
                      f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs"
                      f"{f' at width {budget.width}' if budget.width is not None else ''}.")
-        if budget.width_note():
-            lines[-1] += " " + budget.width_note()
+        if note := budget.width_note():
+            lines[-1] += " " + note
     cpu = trained.cpu_settings
     if cpu is not None:
         why = "; ".join(cpu.reasons) or "as configured"
