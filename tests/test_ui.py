@@ -63,9 +63,20 @@ def chrome(ui, tmp_path_factory):
 
 
 def _wait_for(driver, condition, timeout=WAIT_S):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # The UI re-renders while data arrives: an element found a moment ago can be replaced before it is
+    # read, so a stale reference means "look again", like a missing one.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(condition)
+
+
+def _text(driver, css: str) -> str:
+    """The text of the element matching css, read again if the UI replaced it meanwhile."""
+    from selenium.webdriver.common.by import By
+
+    return _wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).text)
 
 
 def _shot(driver, name: str) -> Path:
@@ -222,10 +233,10 @@ def test_finished_run_shows_the_report_with_images_the_table_and_full_progress(f
                 "const imgs = [...document.querySelectorAll('[data-testid=markdown-display] img')];"
                 "return imgs.length && imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null;"))
             assert len(widths) >= 2 and all(w > 0 for w in widths), widths
-            assert "Test set by class" in chrome.find_element(By.CSS_SELECTOR, "[data-testid=markdown-display]").text
+            assert "Test set by class" in _text(chrome, "[data-testid=markdown-display]")
             _shot(chrome, "5-artifact-report")
         elif kind == "table-display":
-            text = chrome.find_element(By.CSS_SELECTOR, "[data-testid=table-display]").text
+            text = _text(chrome, "[data-testid=table-display]")
             assert all(c in text for c in ("class", "accuracy", "airplane", "truck"))
             _shot(chrome, "6-artifact-per-class-table")
         elif kind == "progress-display":
