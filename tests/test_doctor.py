@@ -130,3 +130,28 @@ def test_lr_range_detection_on_a_synthetic_curve():
     found = steepest_range(lrs, loss)
     assert found["fastest"][0] < 1e-2 < found["fastest"][1]
     assert steepest_range(lrs, np.full(120, 2.3))["fastest"] is None  # a flat curve has no range
+
+
+def _has_colour(png: Path, rgb: tuple[float, float, float]) -> bool:
+    import matplotlib.image
+    import numpy as np
+
+    pixels = matplotlib.image.imread(png)[..., :3]
+    return bool((np.abs(pixels - np.asarray(rgb)).max(axis=-1) < 0.02).any())
+
+
+def test_layer_norms_of_a_diverged_run_are_drawn_as_not_finite_not_as_no_gradient(tmp_path):
+    import warnings
+
+    from matplotlib.colors import to_rgb
+
+    from cifar_pipeline.report.plots import plot_layer_gradients
+
+    orange, red = to_rgb("C1"), to_rgb("C3")
+    names = ["conv.weight", "head.weight", "head.bias"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN bar heights made matplotlib warn and drop the bars
+        plot_layer_gradients(names, [1.0, float("nan"), 0.0], [2.0, float("inf"), 3.0], tmp_path / "nan.png")
+        plot_layer_gradients(names, [1.0, 0.5, 0.0], [2.0, 1.0, 3.0], tmp_path / "finite.png")
+    assert _has_colour(tmp_path / "nan.png", orange) and _has_colour(tmp_path / "nan.png", red)
+    assert not _has_colour(tmp_path / "finite.png", orange) and _has_colour(tmp_path / "finite.png", red)

@@ -8,7 +8,6 @@ file's sha256 against the record first, so a swapped or damaged cache file is ne
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -144,7 +143,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _read_pickle(path: Path) -> dict[str, object]:
     try:
         with open(path, "rb") as f:
-            raw = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()
+            raw = _ArrayUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise ArchiveError(f"{path.name} is not a CIFAR-10 batch: {exc}") from None
     if not isinstance(raw, dict):

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..files import atomic_write  # noqa: E402
@@ -131,19 +132,37 @@ def plot_lr_range(lrs: Sequence[float], smoothed: Sequence[float], fastest: Sequ
 
 def plot_layer_gradients(names: Sequence[str], grad_norms: Sequence[float], weight_norms: Sequence[float],
                          path: str | os.PathLike) -> None:
-    """Per-parameter gradient and weight norms (log scale); zero gradients drawn at the floor in red."""
+    """Per-parameter gradient and weight norms (log scale).
+
+    A zero gradient is drawn at the floor in red; a NaN or infinite norm (a diverged run) is drawn
+    above every finite bar in orange, so a blown-up layer is not mistaken for a dead one.
+    """
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 3.8))
     x = np.arange(len(names))
-    grads = np.asarray(grad_norms, dtype=float)
-    floor = max(grads[grads > 0].min() / 10, 1e-12) if (grads > 0).any() else 1e-12
-    ax.bar(x - 0.2, np.where(grads > 0, grads, floor), width=0.4, label="gradient norm",
-           color=["C0" if g > 0 else "C3" for g in grads])
-    ax.bar(x + 0.2, weight_norms, width=0.4, color="C7", label="weight norm")
+    grads, weights = np.asarray(grad_norms, dtype=float), np.asarray(weight_norms, dtype=float)
+    both = np.concatenate([grads, weights])
+    shown = both[np.isfinite(both) & (both > 0)]
+    floor = max(shown.min() / 10, 1e-12) if shown.size else 1e-12
+    ceiling = shown.max() * 10 if shown.size else 1.0
+
+    def heights(values: np.ndarray) -> np.ndarray:
+        return np.where(~np.isfinite(values), ceiling, np.where(values > 0, values, floor))
+
+    def colours(values: np.ndarray, normal: str) -> list[str]:
+        return ["C1" if not np.isfinite(v) else normal if v > 0 else "C3" for v in values]
+
+    ax.bar(x - 0.2, heights(grads), width=0.4, color=colours(grads, "C0"))
+    ax.bar(x + 0.2, heights(weights), width=0.4, color=colours(weights, "C7"))
     ax.set_yscale("log")
     ax.set_xticks(x, list(names), rotation=60, ha="right", fontsize=7)
-    ax.set(title="Per-layer norms over the first steps (red: no gradient)")
+    ax.set(title="Per-layer norms over the first steps")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    # Bar colours carry the state, so the legend is built from the meanings, outside the bars.
+    legend = [("gradient norm", "C0"), ("weight norm", "C7")]
+    legend += [("no gradient", "C3")] * bool((grads == 0).any())
+    legend += [("NaN or infinite", "C1")] * bool((~np.isfinite(both)).any())
+    ax.legend(handles=[Patch(color=c, label=label) for label, c in legend], fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
 
 
