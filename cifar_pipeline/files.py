@@ -15,6 +15,7 @@ from typing import IO, Any, TypeVar
 from pydantic import BaseModel
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -100,8 +101,7 @@ def verified_record(record_path: str | os.PathLike, model: type[M]) -> M | None:
     record = model.model_validate_json(record_path.read_text())
     if Path(record.path).exists() and file_digest(record.path) == record.sha256:
         return record
-    logging.getLogger(__name__).warning("cache in %s is damaged (its file is gone or changed); building it again",
-                                        record_path.parent)
+    log.warning("cache in %s is damaged (its file is gone or changed); building it again", record_path.parent)
     return None
 
 

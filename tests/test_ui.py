@@ -123,10 +123,15 @@ def _submit(driver):
     driver.find_element(By.XPATH, "//button[@type='submit' and normalize-space()='Submit']").click()
 
 
-def _toast(driver) -> str:
+def _toasts(driver) -> list[str]:
+    """Every toast's text, hidden ones too (only the newest few are shown; the rest stay in the page)."""
     from selenium.webdriver.common.by import By
 
-    return _wait_for(driver, lambda d: " ".join(t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-sonner-toast]")))
+    return [t.get_attribute("textContent") for t in driver.find_elements(By.CSS_SELECTOR, "[data-sonner-toast]")]
+
+
+def _toast(driver) -> str:
+    return _wait_for(driver, lambda d: " ".join(_toasts(d)))
 
 
 def test_root_leads_to_the_v2_ui(ui, chrome):
@@ -205,7 +210,7 @@ def form_run(ui, chrome, tmp_path_factory):
     failed = "Unknown error while creating flow run."
 
     def failures(d) -> int:
-        return sum(failed in t.get_attribute("textContent") for t in d.find_elements(By.CSS_SELECTOR, "[data-sonner-toast]"))
+        return sum(failed in text for text in _toasts(d))
 
     def answered(d):
         # The success toast's "View run" link fades after a few seconds, and a busy machine can poll

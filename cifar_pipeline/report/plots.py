@@ -159,8 +159,10 @@ def plot_layer_gradients(names: Sequence[str], grad_norms: Sequence[float], weig
     ax.grid(alpha=0.3, axis="y")
     # Bar colours carry the state, so the legend is built from the meanings, outside the bars.
     legend = [("gradient norm", "C0"), ("weight norm", "C7")]
-    legend += [("no gradient", "C3")] * bool((grads == 0).any())
-    legend += [("NaN or infinite", "C1")] * bool((~np.isfinite(both)).any())
+    if (grads == 0).any():
+        legend.append(("no gradient", "C3"))
+    if not np.isfinite(both).all():
+        legend.append(("NaN or infinite", "C1"))
     ax.legend(handles=[Patch(color=c, label=label) for label, c in legend], fontsize=8,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
