@@ -165,7 +165,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cifar-bench-"))
     archive = fetch_archive([args.archive], args.md5, work)
-    dataset = build_dataset(archive.path, archive.md5, work)
+    dataset = build_dataset(archive, work)
     root = work / "torchvision"
     extract_archive(archive.path, root)  # torchvision reads root/cifar-10-batches-py/
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_pipeline.config import PipelineConfig  # noqa: E402
 from cifar_pipeline.data.dataset import build_dataset, load_arrays  # noqa: E402
+from cifar_pipeline.data.download import fetch_archive  # noqa: E402
 from cifar_pipeline.evaluation import evaluate  # noqa: E402
 from cifar_pipeline.training.loop import train  # noqa: E402
 
@@ -99,7 +100,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     archive = work / "cifar-10-python.tar.gz"
     md5 = rebuild_archive(args.npz, args.bundle, archive)
-    dataset = build_dataset(archive, md5, work / "cache")
+    dataset = build_dataset(fetch_archive([str(archive)], md5, work / "cache"), work / "cache")
     cuda = torch.cuda.is_available()
     print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU'}; torch {torch.__version__}; archive md5 {md5}")
     overrides = {"epochs": 2, "train_subset": 2048, "test_subset": 1000, "batch_size": 256} if args.smoke else {}

@@ -134,7 +134,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cifar-port-"))
     archive = fetch_archive([args.archive], args.md5, work)
-    dataset = build_dataset(archive.path, archive.md5, work)
+    dataset = build_dataset(archive, work)
     seeds = [int(s) for s in args.seeds.split(",")]
     airbench_seeds = seeds if args.airbench_seeds is None else [int(s) for s in args.airbench_seeds.split(",")]
     results: dict = {"archive_md5": args.md5, "pipeline": [], "airbench": []}

@@ -1,33 +1,29 @@
-"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix."""
+"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix (the `evaluate` stage)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import BaseModel
 
 from .config import PipelineConfig
 from .data.dataset import DatasetRecord, load_arrays
 from .errors import IntegrityError
-from .files import atomic_write_json, file_digest
+from .files import file_digest
 from .models import build_model
-from .provenance import code_version
+from .stage import Stage, StageRecord
 from .training.checkpoint import load_checkpoint
-from .training.loop import TrainRecord
+from .training.records import TrainRecord
 from .training.runtime import autocast_dtype, resolve_device
 from .training.scoring import score, tta_logits  # noqa: F401  (tta_logits: part of this module's API)
 
 log = logging.getLogger(__name__)
 
 
-class EvalRecord(BaseModel):
+class EvalRecord(StageRecord):
     loss: float
     accuracy: float
     tta: int
@@ -49,24 +45,21 @@ class EvalRecord(BaseModel):
                             columns=pd.Index(self.classes, name="predicted"))
 
 
-def evaluation_key(cfg: PipelineConfig, trained: TrainRecord, data_md5: str) -> str:
-    blob = json.dumps({"checkpoint": trained.checkpoint_sha256, "data": data_md5,
-                       "eval": cfg.group("eval"), "normalize": cfg.normalize,
-                       "code": code_version("eval")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+EVALUATE = Stage("evaluate", "evaluations", EvalRecord, "evaluation")
+
+
+def evaluation_inputs(config: PipelineConfig, trained: TrainRecord, dataset: DatasetRecord) -> dict:
+    return {"checkpoint": trained.content_digest(), "dataset": dataset.content_digest(),
+            "eval": config.group("eval"), "normalize": config.normalize}
 
 
 def evaluate(
     cfg: PipelineConfig, trained: TrainRecord, dataset: DatasetRecord, cache_dir: str | os.PathLike
 ) -> EvalRecord:
     """Evaluate a training run's checkpoint; the result is kept under a key of everything it depends on."""
-    key = evaluation_key(cfg, trained, dataset.archive_md5)
-    out = Path(cache_dir) / "evaluations" / f"{key}.json"
-    if out.exists():
-        return EvalRecord.model_validate_json(out.read_text())
-    record = evaluate_checkpoint(trained.checkpoint, trained.checkpoint_sha256, cfg, cfg, dataset)
-    atomic_write_json(out, record.model_dump())
-    return record
+    return EVALUATE.run(cache_dir, evaluation_inputs(cfg, trained, dataset),
+                        lambda _entry: evaluate_checkpoint(trained.checkpoint, trained.checkpoint_sha256, cfg, cfg,
+                                                           dataset))
 
 
 def evaluate_checkpoint(

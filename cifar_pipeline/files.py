@@ -10,15 +10,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
-
-from pydantic import BaseModel
+from typing import IO, Any
 
 CHUNK = 1 << 20
 log = logging.getLogger(__name__)
 
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -46,17 +42,6 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def remove_temp_files(folder: str | os.PathLike) -> int:
-    """Delete temp files that atomic_file() left behind when its process was killed.
-
-    Only call this while holding the folder's lock, so that no live writer owns them.
-    """
-    stale = list(Path(folder).glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -87,22 +72,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def verified_record(record_path: str | os.PathLike, model: type[M]) -> M | None:
-    """The cached record at `record_path` if the file it names still has the sha256 it recorded.
-
-    None when there is no record or its file is gone or damaged (the caller rebuilds it): a cached
-    payload is only ever unpickled after its digest matched.
-    """
-    record_path = Path(record_path)
-    if not record_path.exists():
-        return None
-    record = model.model_validate_json(record_path.read_text())
-    if Path(record.path).exists() and file_digest(record.path) == record.sha256:
-        return record
-    log.warning("cache in %s is damaged (its file is gone or changed); building it again", record_path.parent)
-    return None
 
 
 def load_verified_joblib(path: str | os.PathLike, sha256: str, remedy: str) -> Any:

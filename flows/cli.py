@@ -17,12 +17,9 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from cifar_pipeline import layout
-from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PRESETS, PipelineConfig, describe_validation_error, validate_config
-from cifar_pipeline.data.download import check_sources
-from cifar_pipeline.data.extra import check_folders
 from cifar_pipeline.errors import ConfigError, PipelineError
+from cifar_pipeline.preflight import check_run
 
 # Offline machines: the local server's telemetry would log a DNS error on every start, and a cold
 # start on 2 cores (database migrations) can exceed Prefect's 20 s default.
@@ -177,10 +174,7 @@ def sweep(ns: argparse.Namespace, config: PipelineConfig) -> int:
 def config_from_args(ns: argparse.Namespace) -> PipelineConfig:
     values = {k: v for k, v in vars(ns).items() if k in PipelineConfig.model_fields and v is not None}
     requested = validate_config(values)
-    cfg = requested.resolved()  # validate the merged values now, before anything starts
-    check_access(cfg)
-    check_sources(cfg.sources(), cfg.md5, layout.cache_dir(cfg))
-    check_folders(cfg.extra_data)
+    check_run(requested.resolved())  # the merged values, the folders and the sources, before anything starts
     return requested
 
 

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
-from cifar_pipeline import layout
-from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.data.download import check_sources
-from cifar_pipeline.data.extra import check_folders
 from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.files import atomic_write_json
 from cifar_pipeline.training.budget import planned_config
+from flows.steps import Steps, begin, fetch_dataset
 from tasks import (
     budget_task,
-    build_dataset_task,
     doctor_task,
-    download_task,
     evaluate_task,
     extra_data_task,
     promote_task,
@@ -33,13 +27,11 @@ from tasks import (
     train_task,
 )
 
-# Tasks whose work a cache hit saves; when all of them are Cached, the run changed nothing.
-EXPENSIVE = ("download", "build-dataset", "extra-data", "train", "evaluate")
-
 
 class RunSummary(BaseModel):
     run_id: str
     flow_run_id: str | None
+    deployment: str | None = None  # e.g. "nightly"; None for a run from the command line
     preset: str
     test_accuracy: float
     promoted: bool
@@ -53,39 +45,7 @@ class RunSummary(BaseModel):
     note: str = ""
 
 
-class _Steps:
-    """Runs tasks, recording each one's final state name and wall time."""
-
-    def __init__(self, storage: Path) -> None:
-        self.storage = storage
-        self.states: dict[str, str] = {}
-        self.seconds: dict[str, float] = {}
-
-    def run(self, task: Task, **params: Any) -> Any:
-        t0 = time.perf_counter()
-        bound = task.with_options(result_storage=self.storage) if task.cache_key_fn else task
-        state = bound(**params, return_state=True)
-        result = state.result()
-        if state.is_completed() and state.name == "Cached" and _stale(task, result):
-            get_run_logger().warning("%s: cached result is stale (its files were deleted, or an older version of "
-                                     "the code wrote it); running it again", task.name)
-            state = bound.with_options(refresh_cache=True)(**params, return_state=True)
-            result = state.result()
-        self.states[task.name] = state.name
-        self.seconds[task.name] = time.perf_counter() - t0
-        return result
-
-
-def change_note(states: dict[str, str]) -> tuple[bool, str]:
-    """One line saying whether this run did any work a cache hit would have saved."""
-    ran = [name for name in EXPENSIVE if name in states and states[name] != "Cached"]
-    if not ran:
-        return True, ("nothing changed (same data, config and code as an earlier run): every expensive task was "
-                      "Cached, nothing was trained")
-    return False, f"new work: {', '.join(ran)} ran" + ("" if "train" in ran else "; the model was not retrained")
-
-
-def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str,
+def _diagnose(steps: Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, run_id: str, why: str,
               cache: Path) -> Any:
     """The doctor's quick checks into the run folder (diagnosis.md) and the `cifar-diagnosis` artifact."""
     get_run_logger().warning("%s: running the doctor's quick checks", why)
@@ -98,24 +58,6 @@ def _diagnose(steps: _Steps, cfg: PipelineConfig, dataset: Any, run_dir: Path, r
         return None
 
 
-def _stale(task: Task, result: Any) -> bool:
-    """A cached result that cannot serve: the cache record outlived the files it points to (a cleaned
-    cache folder), or it was written before its record class moved, and Prefect's JSON decoder,
-    finding no class at the stored path, handed back a plain dict."""
-    try:
-        expected = typing.get_type_hints(task.fn).get("return")
-    except (NameError, TypeError):
-        expected = None
-    if isinstance(expected, type) and not isinstance(result, expected):
-        return True
-    return _missing_files(result)
-
-
-def _missing_files(record: Any) -> bool:
-    paths = [getattr(record, name, None) for name in ("path", "checkpoint")]
-    return any(p is not None and not Path(p).exists() for p in paths)
-
-
 @flow(name="cifar-pipeline", log_prints=True)
 def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     """Train and evaluate a CIFAR-10 classifier and publish a report.
@@ -123,26 +65,12 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     Pick a preset and change any field; empty fields take the preset's value.
     """
     t0 = time.perf_counter()
-    cfg = config.resolved()
-    check_access(cfg)  # the worker's allowed folders and hosts, before anything is read or written
-    cache = layout.cache_dir(cfg)
-    sources = cfg.sources()
-    check_sources(sources, cfg.md5, cache)
-    check_folders(cfg.extra_data)
-    run_id = layout.new_run_id(flow_run.get_id() or "local")
-    run_dir = layout.run_dir(cfg, run_id)
+    start = begin(config)
+    cfg, cache, run_id, steps, run_dir = start.cfg, start.cache, start.run_id, start.steps, start.folder
     logger = get_run_logger()
     logger.info("run %s: preset %s, model %s, %g epochs, output in %s", run_id, cfg.preset, cfg.model,
                 cfg.epochs, run_dir)
-
-    steps = _Steps(layout.results_dir(cfg))
-    retries = cfg.download_retries
-    download = download_task.with_options(
-        retries=retries, retry_delay_seconds=[cfg.retry_delay_s * 2**i for i in range(retries)] or 0
-    )
-    archive = steps.run(download, sources=sources, md5=cfg.md5, cache_dir=str(cache),
-                        timeout=cfg.download_timeout_s)
-    dataset = steps.run(build_dataset_task, archive=archive, cache_dir=str(cache))
+    archive, dataset = fetch_dataset(start)
     extra = None
     if cfg.extra_data:
         manifest = steps.run(scan_extra_data_task, folders=cfg.extra_data, classes=dataset.classes)
@@ -167,7 +95,7 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)
-    unchanged, note = change_note(steps.states)
+    unchanged, note = steps.change_note()
     logger.info(note)
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
@@ -176,7 +104,8 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         budget=budget,
     )
     summary = RunSummary(
-        run_id=run_id, flow_run_id=flow_run.get_id(), preset=cfg.preset, test_accuracy=evaluated.accuracy,
+        run_id=run_id, flow_run_id=flow_run.get_id(), deployment=deployment.get_name(), preset=cfg.preset,
+        test_accuracy=evaluated.accuracy,
         promoted=decision.promoted, champion_accuracy=decision.champion_accuracy,
         report=report.path, checkpoint=trained.checkpoint, run_dir=str(run_dir), tasks=steps.states,
         seconds=time.perf_counter() - t0, unchanged=unchanged, note=note,

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cifar_pipeline.access import check_places
+from cifar_pipeline.preflight import check_output_dir
 from cifar_pipeline.registry.prediction_files import PredictSummary
 from tasks.predict import score_folder_task
 
@@ -21,6 +22,7 @@ def predict_folder(folder: str, model: str = "champion", output_dir: str = "outp
     """
     # Anyone with the UI sets these paths: the worker's allowed folders apply before anything is read.
     check_places([("folder", folder), ("output_dir", output_dir), ("output", output or output_dir)])
+    check_output_dir(output_dir)
     summary = score_folder_task(folder=folder, model=model, output_dir=output_dir, output=output or None,
                                 top_k=top_k)
     if summary.failed:

@@ -11,13 +11,10 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cifar_pipeline import layout
-from cifar_pipeline.access import check_access
 from cifar_pipeline.config import PipelineConfig, validate_config
-from cifar_pipeline.data.download import check_sources
 from cifar_pipeline.errors import PipelineError
 from cifar_pipeline.sweep.leaderboard import Winner
 from cifar_pipeline.sweep.space import load_space
@@ -31,8 +28,8 @@ from cifar_pipeline.sweep.study import (
     study_name,
     sweep_config,
 )
-from flows.pipeline import _Steps, cifar_pipeline
-from tasks import build_dataset_task, download_task
+from flows.pipeline import cifar_pipeline
+from flows.steps import begin, fetch_dataset
 from tasks.sweep import run_trials_task, sweep_report_task, trial_task
 
 
@@ -46,22 +43,13 @@ class SweepSummary(BaseModel):
     seconds: float
 
 
-def _dataset(cfg: PipelineConfig):
-    cache = layout.cache_dir(cfg)
-    check_sources(cfg.sources(), cfg.md5, cache)
-    steps = _Steps(layout.results_dir(cfg))
-    archive = steps.run(download_task, sources=cfg.sources(), md5=cfg.md5, cache_dir=str(cache),
-                        timeout=cfg.download_timeout_s)
-    return steps.run(build_dataset_task, archive=archive, cache_dir=str(cache)), cache
-
-
 @flow(name="cifar-trial", log_prints=True)
 def cifar_trial(config: PipelineConfig, study: str, storage: str, number: int) -> TrialOutcome:
     """One trial of a sweep: train the parameters the study chose for trial `number` and report to it."""
-    cfg = config.resolved()
-    check_access(cfg)  # a trial runs on whichever worker takes it: that worker's allowed folders apply
-    dataset, cache = _dataset(cfg)
-    outcome = trial_task(study=study, storage=storage, number=number, dataset=dataset, cache_dir=str(cache))
+    # A trial runs on whichever worker takes it: that worker's allowed folders apply.
+    start = begin(config, lambda cfg, run_id: layout.sweeps_dir(cfg.output_dir) / study / "trials" / run_id)
+    _, dataset = fetch_dataset(start)
+    outcome = trial_task(study=study, storage=storage, number=number, dataset=dataset, cache_dir=str(start.cache))
     get_run_logger().info("trial %d of %s: %s %s", number, study, outcome.state, outcome.reason)
     return outcome
 
@@ -85,16 +73,15 @@ def cifar_sweep(
     t0 = time.perf_counter()
     options = SweepOptions(trials=trials, parallel=parallel, space=space, study=study, storage=storage,
                            trial_deployment=trial_deployment)
-    cfg = sweep_config(config.resolved())
-    check_access(cfg)
+    start = begin(sweep_config(config.resolved()),
+                  lambda cfg, run_id: layout.sweeps_dir(cfg.output_dir) / study_name(options, cfg) / run_id)
+    cfg, cache, folder = start.cfg, start.cache, start.folder
     search = load_space(options.space, cfg)
     name, url = study_name(options, cfg), storage_url(options, cfg)
     logger = get_run_logger()
     logger.info("sweep %s: %d trials, %d at once, %d validation images, study in %s", name, trials, parallel,
                 cfg.validation_images, url)
-    dataset, cache = _dataset(cfg)
-    folder = Path(cfg.output_dir).expanduser().resolve() / "sweeps" / name / layout.new_run_id(
-        flow_run.get_id() or "local")
+    _, dataset = fetch_dataset(start)
     run_trials_task(study=name, storage=url, config=cfg, space=search, trials=trials, parallel=parallel,
                     dataset=dataset, cache_dir=str(cache), log_dir=str(folder / "trials"),
                     trial_deployment=trial_deployment)

@@ -5,15 +5,16 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
 from cifar_pipeline.training.budget import BudgetPlan, machine_key, measure_steps, plan_training
-from cifar_pipeline.training.loop import training_data
 from cifar_pipeline.training.runtime import resolve_device
+from cifar_pipeline.training.step import training_data
 
 
-# The library keeps the measurement per machine and config; Prefect's cache would not see the machine.
+# Not cached by Prefect: the measurements it plans from are a library stage keyed by machine and config,
+# and planning from them is cheap.
 @task(name="plan-budget", cache_policy=NO_CACHE, persist_result=False)
 def budget_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str,
                 extra: ExtraDataRecord | None = None) -> BudgetPlan:
     device = resolve_device(config.device)
-    return plan_training(config, dataset.archive_md5, cache_dir, machine_key(device),
+    return plan_training(config, dataset.content_digest(), cache_dir, machine_key(device),
                          lambda planned: measure_steps(planned, dataset, device),
                          train_images=len(training_data(config, dataset, extra).y_train))

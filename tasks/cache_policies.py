@@ -1,38 +1,61 @@
-"""Cache keys: each names exactly what determines a task's result.
+"""The cache policy of every cached task: the library stage's own key, nothing else.
 
-Prefect's TASK_SOURCE would only see the task function's own text, so training and evaluation
-keys include a digest of the library code they run (cifar_pipeline.provenance.code_version).
+`stage_task(STAGE, inputs)` makes a task whose `cache_key_fn` is `STAGE.key(inputs(...))` over the
+task's parameters, the same key under which the library keeps the stage's entry on disk, so the
+two caches cannot disagree. It also records the task as a stage: the flow asks `still_holds` whether
+a cached Prefect result still stands (its entry and files are there) and `is_stage` which tasks
+did expensive work, here rather than in lists of its own.
 """
 
 from __future__ import annotations
 
-import hashlib
+import inspect
+from collections.abc import Callable
 from typing import Any
 
-from cifar_pipeline.data.extra import extra_data_key as _extra_key
-from cifar_pipeline.data.extra import training_digest
-from cifar_pipeline.evaluation import evaluation_key
-from cifar_pipeline.provenance import code_version
-from cifar_pipeline.training.loop import training_key
+from prefect import task
+
+from cifar_pipeline.stage import Stage
+
+STAGES: dict[str, tuple[Stage, Callable[..., dict]]] = {}
 
 
-def download_key(_ctx: Any, params: dict[str, Any]) -> str:
-    sources = hashlib.sha256("\n".join(params["sources"]).encode()).hexdigest()[:12]
-    return f"download-{params['md5']}-{sources}"
+def _inputs(inputs: Callable[..., dict], params: dict[str, Any]) -> dict:
+    names = inspect.signature(inputs).parameters
+    return inputs(**{name: params[name] for name in names if name in params})
 
 
-def dataset_key(_ctx: Any, params: dict[str, Any]) -> str:
-    return f"dataset-{params['archive'].md5}-{code_version('data')}"
+def stage_key_fn(stage: Stage, inputs: Callable[..., dict]) -> Callable[[Any, dict[str, Any]], str]:
+    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
+        return f"{stage.name}-{stage.key(_inputs(inputs, params))}"
+
+    return cache_key
 
 
-def extra_data_key(_ctx: Any, params: dict[str, Any]) -> str:
-    return "extra-" + _extra_key(params["manifest"], params["policy"], params["max_pixels"])
+def stage_task(stage: Stage, inputs: Callable[..., dict], **options: Any):
+    """@task for a stage: named after it, keyed by it, its result stored as JSON."""
+
+    def wrap(fn):
+        STAGES[stage.name] = (stage, inputs)
+        return task(name=stage.name, cache_key_fn=stage_key_fn(stage, inputs), result_serializer="json",
+                    **options)(fn)
+
+    return wrap
 
 
-def train_key(_ctx: Any, params: dict[str, Any]) -> str:
-    digest = training_digest(params.get("extra"))
-    return "train-" + training_key(params["config"], params["dataset"].archive_md5, digest)
+def is_stage(task_name: str) -> bool:
+    return task_name in STAGES
 
 
-def evaluate_key(_ctx: Any, params: dict[str, Any]) -> str:
-    return "evaluate-" + evaluation_key(params["config"], params["trained"], params["dataset"].archive_md5)
+def entry_of(task_name: str, params: dict[str, Any]) -> str:
+    """The stage entry a task's result lives in, relative to the cache folder: `<folder>/<key>`."""
+    stage, inputs = STAGES[task_name]
+    return f"{stage.folder}/{stage.key(_inputs(inputs, params))}"
+
+
+def still_holds(task_name: str, params: dict[str, Any], result: Any) -> bool:
+    """False when a cached result cannot serve: its entry was removed (a cleaned cache, retention), a
+    file it names is gone, or an older version of the code wrote it (Prefect's decoder, finding no
+    class at the stored path, hands back a plain dict)."""
+    stage, inputs = STAGES[task_name]
+    return stage.holds(params["cache_dir"], _inputs(inputs, params), result)

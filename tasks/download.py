@@ -1,9 +1,7 @@
-from prefect import task
-
-from cifar_pipeline.data.download import ArchiveRecord, fetch_archive
+from cifar_pipeline.data.download import DOWNLOAD, ArchiveRecord, archive_inputs, fetch_archive
 from cifar_pipeline.errors import DownloadError
 
-from .cache_policies import download_key
+from .cache_policies import stage_task
 
 
 def retry_if_transient(_task, _task_run, state) -> bool:
@@ -17,10 +15,8 @@ def retry_if_transient(_task, _task_run, state) -> bool:
     return False
 
 
-@task(
-    name="download",
-    cache_key_fn=download_key,
-    result_serializer="json",
+@stage_task(
+    DOWNLOAD, archive_inputs,
     retries=3,
     retry_delay_seconds=[2, 4, 8],
     retry_jitter_factor=0.5,

@@ -1,13 +1,11 @@
-from prefect import task
-
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
-from cifar_pipeline.evaluation import EvalRecord, evaluate
-from cifar_pipeline.training.loop import TrainRecord
+from cifar_pipeline.evaluation import EVALUATE, EvalRecord, evaluate, evaluation_inputs
+from cifar_pipeline.training.records import TrainRecord
 
-from .cache_policies import evaluate_key
+from .cache_policies import stage_task
 
 
-@task(name="evaluate", cache_key_fn=evaluate_key, result_serializer="json")
+@stage_task(EVALUATE, evaluation_inputs)
 def evaluate_task(config: PipelineConfig, trained: TrainRecord, dataset: DatasetRecord, cache_dir: str) -> EvalRecord:
     return evaluate(config, trained, dataset, cache_dir)

@@ -1,9 +1,16 @@
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cifar_pipeline.data.extra import ExtraDataRecord, ExtraManifest, build_extra_data, scan_folders
+from cifar_pipeline.data.extra import (
+    EXTRA,
+    ExtraDataRecord,
+    ExtraManifest,
+    build_extra_data,
+    extra_data_inputs,
+    scan_folders,
+)
 
-from .cache_policies import extra_data_key
+from .cache_policies import stage_task
 
 
 # Never cached: hashing the files is how a grown folder is noticed.
@@ -12,6 +19,6 @@ def scan_extra_data_task(folders: list[str], classes: list[str]) -> ExtraManifes
     return scan_folders(folders, classes)
 
 
-@task(name="extra-data", cache_key_fn=extra_data_key, result_serializer="json")
+@stage_task(EXTRA, extra_data_inputs)
 def extra_data_task(manifest: ExtraManifest, policy: str, max_pixels: int, cache_dir: str) -> ExtraDataRecord:
     return build_extra_data(manifest, cache_dir, policy=policy, max_pixels=max_pixels)

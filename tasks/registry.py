@@ -5,7 +5,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import PromotionDecision, registry_dir, update_registry
-from cifar_pipeline.training.loop import TrainRecord
+from cifar_pipeline.training.records import TrainRecord
 
 
 # Every run decides anew against the current champion, so this is never cached.

@@ -10,7 +10,7 @@ from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import PromotionDecision
 from cifar_pipeline.report.report import ReportRecord, inline_images, write_report
 from cifar_pipeline.training.budget import BudgetPlan
-from cifar_pipeline.training.loop import TrainRecord
+from cifar_pipeline.training.records import TrainRecord
 
 
 # Never cached: it is cheap, and a changed template must show in the next run.

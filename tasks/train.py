@@ -1,13 +1,13 @@
-from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
 from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.training.loop import EpochMetrics, TrainRecord, train
+from cifar_pipeline.training.loop import TRAIN, train, training_inputs
+from cifar_pipeline.training.records import EpochMetrics, TrainRecord
 
-from .cache_policies import train_key
+from .cache_policies import stage_task
 
 
 def retry_unless_expected(_task, _task_run, state) -> bool:
@@ -21,10 +21,8 @@ def retry_unless_expected(_task, _task_run, state) -> bool:
     return False
 
 
-@task(
-    name="train",
-    cache_key_fn=train_key,
-    result_serializer="json",
+@stage_task(
+    TRAIN, training_inputs,
     retries=1,
     retry_condition_fn=retry_unless_expected,
     task_run_name="train-{config.model}-{config.epochs}ep",

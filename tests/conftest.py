@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -55,8 +56,18 @@ def real_archive() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_archive):
     """The tiny archive decoded into a cache folder: (record, cache_dir)."""
-    from cifar_pipeline.data.dataset import build_dataset
-
     cache = tmp_path_factory.mktemp("dataset-cache")
-    path, md5 = tiny_archive
-    return build_dataset(path, md5, cache), cache
+    return decode(*tiny_archive, cache), cache
+
+
+def decode(path: Path, md5: str, cache: Path):
+    """An archive file through the download and build-dataset stages: its DatasetRecord."""
+    from cifar_pipeline.data.dataset import build_dataset
+    from cifar_pipeline.data.download import fetch_archive
+
+    return build_dataset(fetch_archive([str(path)], md5, cache), cache)
+
+
+def stored(record_json: Path, model):
+    """The record inside a stage entry's record.json (cifar_pipeline/stage.py)."""
+    return model.model_validate(json.loads(Path(record_json).read_text())["record"])

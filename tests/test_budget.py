@@ -5,9 +5,12 @@ import pytest
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.errors import ConfigError
 from cifar_pipeline.training.budget import BudgetPlan, measure_steps, plan_epochs, plan_training, planned_config
+from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.training.loop import training_key
 
 MACHINE = "AMD EPYC 7B12 | AVX2 | bf16=False | 2 threads"
+
+DATA = DatasetRecord(path="/nowhere", sha256="d" * 64, archive_md5="m" * 32, n_train=0, n_test=0, classes=[])
 
 
 @pytest.mark.parametrize(("budget_min", "seconds_per_epoch", "expected"), [
@@ -85,7 +88,7 @@ def test_the_widest_width_keeping_half_the_epochs_trains(tmp_path):
     assert "Width 32 chosen from width 64: 400 s/epoch, 2 epochs" in slow.width_note()
     planned = planned_config(cfg, slow)
     assert (planned.width, planned.epochs) == (32, 8)
-    assert training_key(planned, "md5") != training_key(planned_config(cfg, fast), "md5")
+    assert training_key(planned, DATA) != training_key(planned_config(cfg, fast), DATA)
     # Rerun on the same machine: every measurement reused, the same choice.
     calls.clear()
     again = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 1, 48: 1, 32: 1}, calls),
@@ -118,7 +121,7 @@ def test_planned_config_trains_the_planned_epochs_under_its_own_key():
                       images_per_second=250, machine=MACHINE, cached=False, measured_at="now")
     planned = planned_config(cfg, plan)
     assert planned.epochs == 4 and planned.time_budget_min == 15
-    assert training_key(planned, "md5") != training_key(cfg, "md5")
+    assert training_key(planned, DATA) != training_key(cfg, DATA)
     assert planned_config(cfg, None) is cfg
     assert "trains 4 epochs" in plan.summary() and "200.0 s/epoch" in plan.summary()
 
@@ -148,9 +151,11 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     assert "**CPU:**" in report
 
     # This machine, made slow: 25,000 s per epoch leave 2 epochs in 1000 minutes.
-    (measurement,) = (tmp_path / "cache" / "budget").glob("*.json")
-    stored = json.loads(measurement.read_text())
-    measurement.write_text(json.dumps({**stored, "seconds_per_step": 25000 / stored["steps_per_epoch"]}))
+    (measurement,) = (tmp_path / "cache" / "budget").glob("*/record.json")
+    envelope = json.loads(measurement.read_text())
+    stored = envelope["record"]
+    envelope["record"] = {**stored, "seconds_per_step": 25000 / stored["steps_per_epoch"]}
+    measurement.write_text(json.dumps(envelope))
     slow = cifar_pipeline(config=config)
     assert slow.tasks["train"] == "Completed"
     report = Path(slow.report).read_text()

@@ -55,6 +55,20 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message, tmp_pat
     assert not (tmp_path / "cache").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_an_output_folder_that_is_a_file_exits_2_before_anything_starts(where, tmp_path, tiny_archive):
+    path, md5 = tiny_archive
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    output = taken if where == "file" else taken / "outputs"
+    proc = cli("run", "--preset", "smoke", "--source", str(path), "--md5", md5, "--output", str(output),
+               env={"PREFECT_HOME": str(tmp_path / "prefect")}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"output_dir = '{output}'" in proc.stderr and "is a file" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert taken.read_text() == "not a folder" and not (tmp_path / "prefect").exists()  # Prefect never started
+
+
 def test_config_prints_resolved_values(tmp_path):
     proc = cli("config", "--preset", "cpu", "--epochs", "2", "--no-channels-last", timeout=120)
     assert proc.returncode == 0, proc.stderr

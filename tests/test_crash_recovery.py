@@ -47,7 +47,7 @@ def test_sigkill_mid_training_resumes_and_ends_with_the_same_weights(tiny_datase
     straight = train(cfg, record, tmp_path / "straight", progress=False)
 
     cache = tmp_path / "killed"
-    folder = training_dir(cache, training_key(cfg, record.archive_md5))
+    folder = training_dir(cache, training_key(cfg, record))
     proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, cfg.model_dump_json(), record.model_dump_json(),
                              str(cache)], cwd=ROOT)
     try:
@@ -76,7 +76,7 @@ def test_sigkill_mid_training_resumes_and_ends_with_the_same_weights(tiny_datase
 def test_a_half_written_checkpoint_is_never_loaded(tiny_dataset, tmp_path):
     record, _ = tiny_dataset
     cfg = PipelineConfig(**{**CFG, "epochs": 2}).resolved({})
-    folder = training_dir(tmp_path, training_key(cfg, record.archive_md5))
+    folder = training_dir(tmp_path, training_key(cfg, record))
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated by a crash")
     result = train(cfg, record, tmp_path, progress=False)

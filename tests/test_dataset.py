@@ -4,9 +4,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_pipeline.data.dataset import build_dataset, extract_archive, load_arrays, read_batches
+from pathlib import Path
+
+from cifar_pipeline.data.dataset import extract_archive, load_arrays, read_batches
 from cifar_pipeline.errors import ArchiveError, IntegrityError
 from tests.cifar_archive import CLASSES, make_cifar_archive
+from tests.conftest import decode
 
 
 @pytest.mark.parametrize("bytes_keys", [False, True], ids=["str-keys", "official-bytes-keys"])
@@ -32,25 +35,26 @@ def test_pixel_layout_is_red_then_green_then_blue(tmp_path):
 
 def test_dataset_is_persisted_and_reused(tmp_path, tiny_archive):
     path, md5 = tiny_archive
-    record = build_dataset(path, md5, tmp_path)
+    record = decode(path, md5, tmp_path)
     assert (record.n_train, record.n_test) == (200, 100)
-    mtime = (tmp_path / "datasets" / md5 / "cifar10.joblib").stat().st_mtime_ns
-    again = build_dataset(path, md5, tmp_path)
+    assert Path(record.path).parent.parent == tmp_path / "datasets"
+    mtime = Path(record.path).stat().st_mtime_ns
+    again = decode(path, md5, tmp_path)
     assert again == record
-    assert (tmp_path / "datasets" / md5 / "cifar10.joblib").stat().st_mtime_ns == mtime
+    assert Path(record.path).stat().st_mtime_ns == mtime
     assert load_arrays(record).x_train.shape == (200, 32, 32, 3)
 
 
 def test_a_tampered_cache_file_is_never_unpickled(tmp_path, tiny_archive):
     path, md5 = tiny_archive
-    record = build_dataset(path, md5, tmp_path)
+    record = decode(path, md5, tmp_path)
     with open(record.path, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
     with pytest.raises(IntegrityError, match="refusing to load"):
         load_arrays(record)
     # Building again notices the damage and rebuilds.
-    rebuilt = build_dataset(path, md5, tmp_path)
+    rebuilt = decode(path, md5, tmp_path)
     assert load_arrays(rebuilt).x_test.shape == (100, 32, 32, 3)
 
 

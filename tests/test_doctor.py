@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.data.dataset import build_dataset, load_arrays
+from cifar_pipeline.data.dataset import load_arrays
 from cifar_pipeline.doctor.report import write_doctor_report
 from cifar_pipeline.doctor.run import diagnose
 from tests.doctor_faults import HEALTHY, freeze_head, learnable_archive, raw_pixels, shuffled
+from tests.conftest import decode
 
 # A budget far below what the probes need pins the plan to its floors (batch 32, 80/80/40 steps):
 # the same plan on a busy machine as on an idle one.
@@ -22,7 +23,7 @@ TINY_BUDGET = 0.5
 def arrays(tmp_path_factory):
     folder = tmp_path_factory.mktemp("doctor-data")
     path, md5 = learnable_archive(folder)
-    return load_arrays(build_dataset(path, md5, folder / "cache"))
+    return load_arrays(decode(path, md5, folder / "cache"))
 
 
 def doctor(arrays, **kwargs):

@@ -10,7 +10,7 @@ from cifar_pipeline.errors import ChecksumMismatch, DownloadError
 
 def _cached_files(cache):
     folder = cache / "archives"
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
+    return sorted(p.name for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
 
 
 @pytest.mark.parametrize("fault", ["reset", "truncate"])

@@ -67,7 +67,7 @@ def test_folder_is_decoded_counted_and_cached(archive_images, tmp_path):
     assert again == record  # the persisted record, nothing decoded again
 
 
-def test_added_file_decodes_only_it_and_changes_the_digest(archive_images, tmp_path, monkeypatch):
+def test_added_file_decodes_only_it_and_changes_the_digest(archive_images, tiny_dataset, tmp_path, monkeypatch):
     x, y, classes = archive_images
     folder = tmp_path / "extra"
     write_folder(folder, x[:10], y[:10], classes)
@@ -82,8 +82,9 @@ def test_added_file_decodes_only_it_and_changes_the_digest(archive_images, tmp_p
     assert (second.decoded, second.reused, second.n_images) == (1, 10, 11)
     assert second.digest != first.digest and second.path != first.path
     cfg = PipelineConfig(preset="smoke").resolved({})
-    assert training_key(cfg, "m", first.digest) != training_key(cfg, "m", second.digest)
-    assert training_key(cfg, "m", first.digest) != training_key(cfg, "m")
+    data, _ = tiny_dataset
+    assert training_key(cfg, data, first) != training_key(cfg, data, second)
+    assert training_key(cfg, data, first) != training_key(cfg, data)
 
 
 def test_extra_images_join_the_training_split_only(archive_images, tiny_dataset, tmp_path):
@@ -188,7 +189,7 @@ def test_nightly_unchanged_folder_is_cached_and_a_grown_one_retrains(archive_ima
     first = run_flow(**common)
     assert first.tasks["extra-data"] == "Completed" and first.tasks["train"] == "Completed"
     assert not first.unchanged
-    trained = json.loads(next((tmp_path / "out/cache/training").glob("*/record.json")).read_text())
+    trained = json.loads(next((tmp_path / "out/cache/training").glob("*/record.json")).read_text())["record"]
     assert trained["train_images"] == 200 + 20
     report = Path(first.report).read_text()
     assert "## Extra training images" in report and f"1. `{folder}`" in report

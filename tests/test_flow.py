@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cifar_pipeline.config import PipelineConfig
+from cifar_pipeline.data.download import archive_path
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -126,7 +127,7 @@ def test_corrupt_archive_fails_clearly_and_caches_nothing(tmp_path, tiny_archive
     error = state.result(raise_on_failure=False)
     assert f"expected md5 {wrong}, got {md5}" in str(error) and str(path) in str(error)
     archives = tmp_path / "cache" / "archives"
-    assert [p for p in archives.iterdir() if p.suffix != ".lock"] == []
+    assert [p for p in archives.rglob("*") if p.suffix != ".lock"] == []
 
 
 def test_download_gives_up_after_the_last_retry_with_a_clear_error(tmp_path, tiny_archive, server):
@@ -141,4 +142,4 @@ def test_download_gives_up_after_the_last_retry_with_a_clear_error(tmp_path, tin
     message = str(state.result(raise_on_failure=False))
     assert server.url(path.name) in message and "HTTP 503" in message and "--source URL_OR_PATH" in message
     assert len(server.requests) == 3  # the first try and two retries
-    assert not (tmp_path / "cache" / "archives" / f"{md5}.tar.gz").exists()
+    assert not archive_path(tmp_path / "cache", md5).exists()

@@ -20,6 +20,7 @@ from PIL import Image
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import load_arrays
 from flows.cli import main
+from tests.conftest import stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
@@ -187,8 +188,8 @@ def test_a_failed_onnx_export_still_promotes_the_weights(promoted, tiny_dataset,
 
     summary, out = promoted
     record, _ = tiny_dataset
-    trained = TrainRecord.model_validate_json(Path(summary.checkpoint).with_name("record.json").read_text())
-    evaluated = EvalRecord.model_validate_json(next((out / "cache" / "evaluations").glob("*.json")).read_text())
+    trained = stored(Path(summary.checkpoint).with_name("record.json"), TrainRecord)
+    evaluated = stored(next((out / "cache" / "evaluations").glob("*/record.json")), EvalRecord)
 
     def broken(*args, **kwargs):
         raise ExportError("ONNX export failed: RuntimeError: unsupported operator")
@@ -225,6 +226,6 @@ def test_report_shows_labelled_test_images_confused_pairs_and_loss_by_step(promo
             assert image.width > 300 and image.height > 100, name
     report = Path(summary.report).read_text()
     assert "## Predictions on test images" in report and "![Most-confused pairs](confused.png)" in report
-    trained = TrainRecord.model_validate_json(Path(summary.checkpoint).with_name("record.json").read_text())
+    trained = stored(Path(summary.checkpoint).with_name("record.json"), TrainRecord)
     assert len(trained.loss_by_step()) == trained.steps  # a few steps: every one recorded
     assert [s for s, _ in trained.loss_by_step()] == list(range(1, trained.steps + 1))

@@ -81,10 +81,10 @@ def test_interrupted_training_resumes_to_the_same_weights(preset, tiny_dataset, 
 def test_key_changes_with_training_fields_only(tiny_dataset):
     record, _ = tiny_dataset
     base = PipelineConfig(preset="smoke").resolved({})
-    md5 = record.archive_md5
-    assert training_key(base, md5) == training_key(PipelineConfig(preset="smoke", tta=2).resolved({}), md5)
-    assert training_key(base, md5) != training_key(PipelineConfig(preset="smoke", lr=0.5).resolved({}), md5)
-    assert training_key(base, md5) != training_key(base, "f" * 32)
+    assert training_key(base, record) == training_key(PipelineConfig(preset="smoke", tta=2).resolved({}), record)
+    assert training_key(base, record) != training_key(PipelineConfig(preset="smoke", lr=0.5).resolved({}), record)
+    # Other decoded bytes (a new archive, or new decoding code) make another key.
+    assert training_key(base, record) != training_key(base, record.model_copy(update={"sha256": "f" * 64}))
 
 
 def test_nan_loss_stops_at_once_with_the_checklist(tiny_dataset, tmp_path):

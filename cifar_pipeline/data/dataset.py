@@ -1,9 +1,10 @@
-"""Turn a verified CIFAR-10 archive into uint8 arrays, persisted with joblib under its digest.
+"""Turn a verified CIFAR-10 archive into uint8 arrays, persisted with joblib: the `build-dataset` stage.
 
 The archive is extracted with tarfile's `data` filter after every member was checked to be a
 plain file or folder, the batches are read with an unpickler that only builds numpy arrays, and
-the result is written atomically to `datasets/<archive md5>/cifar10.joblib`. Loading checks the
-file's sha256 against the record first, so a swapped or damaged cache file is never unpickled.
+the result is written atomically to `datasets/<key>/cifar10.joblib`, the key naming the archive's
+digest and this decoding code. Loading checks the file's sha256 against the record first, so a
+swapped or damaged cache file is never unpickled.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import numpy as np
-from filelock import FileLock
-from pydantic import BaseModel
 
 from ..errors import ArchiveError
-from ..files import atomic_write, atomic_write_json, file_digest, load_verified_joblib, verified_record
+from ..files import atomic_write, file_digest, load_verified_joblib
+from ..stage import Output, Stage, StageRecord, scratch
+
+if TYPE_CHECKING:  # the archive's record is only read here: the download code is not the decoding's
+    from .download import ArchiveRecord
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +35,16 @@ META = "batches.meta"
 IMAGE_SHAPE = (32, 32, 3)
 
 
-class DatasetRecord(BaseModel):
+class DatasetRecord(StageRecord):
     path: str
     sha256: str
     archive_md5: str
     n_train: int
     n_test: int
     classes: list[str]
+
+    def outputs(self) -> list[Output]:
+        return [Output(self.path, self.sha256)]
 
 
 @dataclass(frozen=True)
@@ -50,26 +56,21 @@ class CifarArrays:
     classes: list[str]
 
 
-def dataset_dir(cache_dir: str | os.PathLike, archive_md5: str) -> Path:
-    return Path(cache_dir) / "datasets" / archive_md5
+DATASET = Stage("build-dataset", "datasets", DatasetRecord, "data.dataset")
 
 
-def build_dataset(archive: str | os.PathLike, archive_md5: str, cache_dir: str | os.PathLike) -> DatasetRecord:
-    """Decode the archive once; later calls return the persisted record."""
-    folder = dataset_dir(cache_dir, archive_md5)
-    folder.mkdir(parents=True, exist_ok=True)
-    # Concurrent runs: one decodes, the others wait and reuse its result.
-    with FileLock(str(folder / ".lock")):
-        return _build(archive, archive_md5, folder)
+def dataset_inputs(archive: ArchiveRecord) -> dict:
+    return {"archive": archive.content_digest()}
 
 
-def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> DatasetRecord:
-    record_path = folder / "dataset.json"
-    if (record := verified_record(record_path, DatasetRecord)) is not None:
-        log.info("dataset for archive %s already built", archive_md5)
-        return record
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".extract-") as tmp:
-        root = extract_archive(archive, Path(tmp))
+def build_dataset(archive: ArchiveRecord, cache_dir: str | os.PathLike) -> DatasetRecord:
+    """Decode the archive once; later calls (and concurrent runs, which wait) return the stored record."""
+    return DATASET.run(cache_dir, dataset_inputs(archive), lambda entry: _build(archive, entry))
+
+
+def _build(archive: ArchiveRecord, folder: Path) -> DatasetRecord:
+    with scratch(folder) as tmp:
+        root = extract_archive(archive.path, tmp)
         arrays = read_batches(root)
     target = folder / "cifar10.joblib"
     payload = {
@@ -78,10 +79,9 @@ def _build(archive: str | os.PathLike, archive_md5: str, folder: Path) -> Datase
     }
     atomic_write(target, lambda f: joblib.dump(payload, f))
     record = DatasetRecord(
-        path=str(target), sha256=file_digest(target), archive_md5=archive_md5,
+        path=str(target), sha256=file_digest(target), archive_md5=archive.md5,
         n_train=len(arrays.y_train), n_test=len(arrays.y_test), classes=arrays.classes,
     )
-    atomic_write_json(record_path, record.model_dump())
     log.info("decoded %d train / %d test images into %s", record.n_train, record.n_test, target)
     return record
 

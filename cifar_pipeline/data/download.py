@@ -1,9 +1,9 @@
-"""Fetch cifar-10-python.tar.gz into a content-addressed cache, verified by md5.
+"""Fetch cifar-10-python.tar.gz into a content-addressed cache, verified by md5: the `download` stage.
 
 Sources are tried in order: http(s) URLs (resumed with a Range request when a partial file is
 left from an earlier attempt), file:// URLs and local paths. Bytes stream into a temporary file
-that is renamed to `archives/<md5>.tar.gz` only after the digest matches, so a later run never
-trusts a partial or unverified file.
+that is renamed to `archives/<key>/cifar-10-python.tar.gz` (the key names the md5 alone) only after
+the digest matches, so a later run never trusts a partial or unverified file.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from filelock import FileLock
-from pydantic import BaseModel
-
 from ..errors import ChecksumMismatch, ConfigError, DownloadError
 from ..files import CHUNK, atomic_file
+from ..stage import Output, Stage, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +36,29 @@ HTTP_CHUNK = 64 * 1024
 Progress = Callable[[int, int | None], None]
 
 
-class ArchiveRecord(BaseModel):
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+
+
+class ArchiveRecord(StageRecord):
     path: str
     md5: str
     size: int
     source: str
 
+    def outputs(self) -> list[Output]:
+        return [Output(self.path, self.md5, "md5")]
+
+
+# No code digest: the bytes are named by their md5, whatever code fetched them.
+DOWNLOAD = Stage("download", "archives", ArchiveRecord, None)
+
+
+def archive_inputs(md5: str) -> dict:
+    return {"md5": md5}
+
 
 def archive_path(cache_dir: str | os.PathLike, md5: str) -> Path:
-    return Path(cache_dir) / "archives" / f"{md5}.tar.gz"
+    return DOWNLOAD.entry(cache_dir, DOWNLOAD.key(archive_inputs(md5))) / ARCHIVE_NAME
 
 
 def fetch_archive(
@@ -60,28 +72,41 @@ def fetch_archive(
     """Return the cached archive with this md5, fetching it from the first source that works."""
     if not sources:
         raise DownloadError("no data source given. " + HINT)
-    final = archive_path(cache_dir, md5)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Two runs (a nightly and a manual one) may fetch at once: one downloads, the other waits.
-    with FileLock(str(final) + ".lock"):
-        if final.exists():
-            actual = _md5_of(final)
-            if actual == md5:
-                log.info("archive %s already cached at %s", md5, final)
-                return ArchiveRecord(path=str(final), md5=md5, size=final.stat().st_size, source="cache")
-            log.warning("cached archive %s has md5 %s; removing it and fetching again", final, actual)
-            final.unlink()
-        errors: list[tuple[str, DownloadError]] = []
-        for source in sources:
-            try:
-                size = _fetch_one(source, md5, final, timeout, on_progress)
-            except DownloadError as exc:
-                log.warning("source %s failed: %s", source, exc)
-                errors.append((source, exc))
-                continue
-            log.info("archive %s verified and cached at %s", md5, final)
-            return ArchiveRecord(path=str(final), md5=md5, size=size, source=source)
+    return DOWNLOAD.run(cache_dir, archive_inputs(md5),
+                        lambda entry: _fetch(entry, sources, md5, Path(cache_dir), timeout, on_progress))
+
+
+def _fetch(entry: Path, sources: Sequence[str], md5: str, cache_dir: Path, timeout: float,
+           on_progress: Progress | None) -> ArchiveRecord:
+    final = entry / ARCHIVE_NAME
+    if (moved := _adopt_earlier_copy(cache_dir, md5, final)) is not None:
+        return moved
+    errors: list[tuple[str, DownloadError]] = []
+    for source in sources:
+        try:
+            size = _fetch_one(source, md5, final, timeout, on_progress)
+        except DownloadError as exc:
+            log.warning("source %s failed: %s", source, exc)
+            errors.append((source, exc))
+            continue
+        final.with_suffix(".part").unlink(missing_ok=True)  # a partial download another source made moot
+        log.info("archive %s verified and cached at %s", md5, final)
+        return ArchiveRecord(path=str(final), md5=md5, size=size, source=source)
     raise _combined(errors)
+
+
+def _adopt_earlier_copy(cache_dir: Path, md5: str, final: Path) -> ArchiveRecord | None:
+    """Versions before stages kept the archive at archives/<md5>.tar.gz: move it in rather than fetch
+    163 MB again, once its md5 is checked."""
+    old = cache_dir / DOWNLOAD.folder / f"{md5}.tar.gz"
+    if not old.is_file():
+        return None
+    if _md5_of(old) != md5:
+        log.warning("an earlier version's archive %s does not have md5 %s; fetching again", old, md5)
+        return None
+    os.replace(old, final)
+    log.info("archive %s: moved the earlier version's copy into %s", md5, final)
+    return ArchiveRecord(path=str(final), md5=md5, size=final.stat().st_size, source=str(old))
 
 
 def _combined(errors: list[tuple[str, DownloadError]]) -> DownloadError:
@@ -107,7 +132,7 @@ def _local_path(source: str) -> Path | None:
 def check_sources(sources: Sequence[str], md5: str, cache_dir: str | os.PathLike) -> None:
     """Fail before any work when the archive cannot be had: not cached and no source can exist."""
     locals_ = [_local_path(s) for s in sources]  # also rejects unknown schemes
-    if archive_path(cache_dir, md5).exists():
+    if archive_path(cache_dir, md5).exists() or (Path(cache_dir) / DOWNLOAD.folder / f"{md5}.tar.gz").exists():
         return
     if sources and all(p is not None and not p.is_file() for p in locals_):
         missing = ", ".join(str(p) for p in locals_)

@@ -4,9 +4,10 @@
 
 `scan_folders()` lists the files with their sha256 (the manifest) and every file it refuses
 (unknown class folder, a file outside any class folder, a symlink leaving the folder, a special
-file). `build_extra_data()` decodes the files into uint8 32x32 RGB arrays once per manifest and
-persists them with joblib under `extra_data/<key>/`, where the key names the manifest, the bad-image
-policy, the pixel limit and the decoding code; the file's sha256 is checked before loading. Images
+file). `build_extra_data()`, the `extra-data` stage, decodes the files into uint8 32x32 RGB arrays
+once per manifest and persists them with joblib under `extra_data/<key>/`, where the key names the
+manifest, the bad-image policy, the pixel limit and the decoding code; the file's sha256 is checked
+before loading. Images
 decoded for an earlier manifest are reused by content hash, so a folder that grows by a night's
 images decodes only those.
 """
@@ -22,13 +23,13 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from filelock import FileLock
 from PIL import Image
 from pydantic import BaseModel
 
 from ..errors import BadImagesError, ConfigError, ImageError, IntegrityError
-from ..files import atomic_write, atomic_write_json, file_digest, load_verified_joblib, verified_record
-from ..provenance import code_version
+from ..files import atomic_write, file_digest, load_verified_joblib
+from ..provenance import code_digest
+from ..stage import Output, Stage, StageRecord
 from .images import MAX_PIXELS, SIZE, decode_image
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class ExtraManifest(BaseModel):
     digest: str
 
 
-class ExtraDataRecord(BaseModel):
+class ExtraDataRecord(StageRecord):
     key: str
     path: str
     sha256: str
@@ -74,6 +75,9 @@ class ExtraDataRecord(BaseModel):
     reused: int  # files whose decoded array came from an earlier manifest
     policy: str
     skipped: list[BadImage]
+
+    def outputs(self) -> list[Output]:
+        return [Output(self.path, self.sha256)]
 
 
 def check_folders(folders: list[str]) -> None:
@@ -160,13 +164,11 @@ def _rel(path: Path, root: Path) -> str:
 
 # ---------------------------------------------------------------------------- decoding
 
-def extra_data_key(manifest: ExtraManifest, policy: str, max_pixels: int) -> str:
-    return _sha256({"manifest": manifest.digest, "policy": policy, "max_pixels": max_pixels,
-                    "code": code_version("extra")})
+EXTRA = Stage("extra-data", "extra_data", ExtraDataRecord, "data.extra")
 
 
-def extra_data_dir(cache_dir: str | os.PathLike) -> Path:
-    return Path(cache_dir) / "extra_data"
+def extra_data_inputs(manifest: ExtraManifest, policy: str, max_pixels: int) -> dict:
+    return {"manifest": manifest.digest, "policy": policy, "max_pixels": max_pixels}
 
 
 def build_extra_data(
@@ -179,17 +181,8 @@ def build_extra_data(
     """
     if policy not in ("fail", "skip"):
         raise ConfigError(f"bad_images must be fail or skip, not {policy!r}")
-    key = extra_data_key(manifest, policy, max_pixels)
-    folder = extra_data_dir(cache_dir) / key
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        record_path = folder / "record.json"
-        if (record := verified_record(record_path, ExtraDataRecord)) is not None:
-            log.info("extra data %s already decoded", key)
-            return record
-        record = _build(manifest, key, folder, policy, max_pixels)
-        atomic_write_json(record_path, record.model_dump())
-        return record
+    return EXTRA.run(cache_dir, extra_data_inputs(manifest, policy, max_pixels),
+                     lambda entry: _build(manifest, entry.name, entry, policy, max_pixels))
 
 
 def _build(manifest: ExtraManifest, key: str, folder: Path, policy: str, max_pixels: int) -> ExtraDataRecord:
@@ -232,7 +225,7 @@ def _build(manifest: ExtraManifest, key: str, folder: Path, policy: str, max_pix
         counts[e.folder, e.label] += 1
     record = ExtraDataRecord(
         key=key, path=str(target), sha256=file_digest(target),
-        digest=_sha256({"code": code_version("extra"), "images": [[e.label, e.sha256] for e in kept]}),
+        digest=_sha256({"code": code_digest(EXTRA.module), "images": [[e.label, e.sha256] for e in kept]}),
         folders=manifest.folders, classes=manifest.classes, counts=counts.tolist(), n_images=len(kept),
         resized=int(flags[keep, 0].sum()), converted=int(flags[keep, 1].sum()),
         decoded=decoded, reused=reused, policy=policy, skipped=bad,
@@ -250,14 +243,16 @@ def _source_differs(path: Path) -> tuple[bool, bool]:
 
 def _previous_decodes(root: Path, exclude: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decoded images of the most recent other manifest, by source file sha256 (empty if none)."""
-    records = [p for p in root.glob("*/record.json") if p.parent != exclude]
-    if not records:
+    entries = [p.parent for p in root.glob("*/record.json") if p.parent != exclude]
+    if not entries:
         return {}
-    latest = max(records, key=lambda p: p.stat().st_mtime_ns)
+    latest = max(entries, key=lambda p: (p / "record.json").stat().st_mtime_ns)
     try:
-        x, _, hashes, flags = _load(ExtraDataRecord.model_validate_json(latest.read_text()))
+        if (record := EXTRA.stored(latest, verify=False)) is None:
+            return {}
+        x, _, hashes, flags = _load(record)
     except (IntegrityError, OSError, ValueError) as exc:
-        log.warning("extra data: not reusing %s: %s", latest.parent, exc)
+        log.warning("extra data: not reusing %s: %s", latest, exc)
         return {}
     return {h: (x[i], flags[i]) for i, h in enumerate(hashes)}
 
@@ -269,7 +264,7 @@ def _load(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray, list[str], n
 
 def training_digest(record: ExtraDataRecord | None) -> str | None:
     """What the training key includes: None without extra images, so an empty folder changes nothing."""
-    return record.digest if record is not None and record.n_images else None
+    return record.content_digest() if record is not None and record.n_images else None
 
 
 def load_extra(record: ExtraDataRecord) -> tuple[np.ndarray, np.ndarray]:

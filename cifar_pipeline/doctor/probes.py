@@ -1,7 +1,9 @@
 """What the doctor measures by training: the probes behind the start, one-batch, gradient, lr and label checks.
 
-A `Bench` builds fresh models and optimizers exactly as training does (same builders, seed, data
-path and autocast); each probe is a short loop over it and returns plain numbers. No file I/O.
+A `Bench` builds fresh models, optimizers, batches and steps through training's own functions
+(cifar_pipeline/training/step.py), so a probe differs from training only where it means to: its
+batch size, learning-rate factor and step count. Each probe is a short loop over it and returns
+plain numbers. No file I/O.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import PipelineConfig
-from ..data.augment import normalizer, to_float
-from ..data.batches import TrainBatches, eval_batches, to_device_images
-from ..models import build_model
-from ..training.optim import build_optimizer, lr_factor
+from ..data.augment import normalizer
+from ..data.batches import TrainBatches, eval_batches
+from ..training.optim import build_optimizer, lr_factor, set_lr
 from ..training.runtime import autocast, autocast_dtype
+from ..training.step import Step, new_model, start_epoch, train_batches
 
-WHITENING_IMAGES = 5000  # as training: airnet's whitening layer is estimated from this many images
 EMA = 0.9  # smoothing of the range test's loss
 
 
@@ -50,31 +51,17 @@ class Bench:
         self.amp_dtype = autocast_dtype(self.device, self.cfg.precision)
 
     def model(self) -> nn.Module:
-        cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, cfg.width)
-        if hasattr(model, "init_from_data"):
-            sample = to_float(to_device_images(self.x_train[:WHITENING_IMAGES], "cpu"), self.scale.cpu(),
-                              self.shift.cpu(), False)
-            model.init_from_data(sample)
-        whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
-        if whiten_bias is not None:  # as in training's first epoch
-            whiten_bias.requires_grad_(0 < cfg.whiten_bias_epochs)
-        if self.alter_model is not None:
-            self.alter_model(model)
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        return model.to(device=self.device, memory_format=memory_format).train()
+        model = new_model(self.cfg, self.x_train, self.device, normalization=(self.scale, self.shift),
+                          alter=self.alter_model)
+        start_epoch(model, self.cfg, 0)  # as in training's first epoch
+        return model
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(model, self.cfg)
 
     def batches(self, batch_size: int) -> TrainBatches:
-        cfg = self.cfg
-        batches = TrainBatches(self.x_train, self.y_train, batch_size=batch_size, device=self.device, seed=cfg.seed,
-                               normalize=cfg.normalize, flip=cfg.flip, translate=cfg.translate, cutout=cfg.cutout,
-                               channels_last=cfg.channels_last)
-        batches.scale, batches.shift = self.scale, self.shift
-        return batches
+        return train_batches(self.cfg, self.x_train, self.y_train, self.device, batch_size=batch_size,
+                             normalization=(self.scale, self.shift))
 
     def stream(self, batch_size: int):
         """Training batches without end, epoch after epoch."""
@@ -95,22 +82,10 @@ class Bench:
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
              on_backward: Callable[[], None] | None = None) -> tuple[float, torch.Tensor]:
-        """One training step as training does it; returns the plain cross-entropy and the logits."""
-        with autocast(self.device, self.amp_dtype):
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=self.cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if on_backward is not None:
-            on_backward()
-        optimizer.step()
+        """One training step as training takes it; returns the plain cross-entropy and the logits."""
+        _, out = Step(model, optimizer, self.cfg, self.device)(x, y, on_backward)
         plain = F.cross_entropy(out.detach().float(), y).item()
         return plain, out.detach()
-
-
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
 
 
 @torch.no_grad()

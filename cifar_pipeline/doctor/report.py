@@ -8,8 +8,6 @@ A training run's quick checks are kept by config, data and code, so that rerunni
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +18,7 @@ from pydantic import BaseModel
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
 from ..files import atomic_write_json, atomic_write_text
-from ..provenance import code_version
+from ..stage import Stage
 from ..report.plots import plot_layer_gradients, plot_lr_range, plot_one_batch
 from .checks import BLOG_ITEMS, SEVERITY
 from .run import DoctorResult, diagnose
@@ -141,10 +139,12 @@ def write_doctor_report(result: DoctorResult, folder: str | os.PathLike, cfg: Pi
                         section=body)
 
 
-def diagnosis_key(cfg: PipelineConfig, data_md5: str, quick: bool) -> str:
-    blob = json.dumps({"config": cfg.model_dump(mode="json", exclude={"output_dir"}), "data": data_md5,
-                       "quick": quick, "code": code_version("doctor")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+DIAGNOSE = Stage("diagnose", "diagnoses", DoctorResult, "doctor.run")
+
+
+def diagnosis_inputs(cfg: PipelineConfig, dataset: DatasetRecord, quick: bool) -> dict:
+    return {"config": cfg.model_dump(mode="json", exclude={"output_dir"}), "dataset": dataset.content_digest(),
+            "quick": quick}
 
 
 def doctor_dataset(cfg: PipelineConfig, dataset: DatasetRecord, folder: str | os.PathLike, title: str, *,
@@ -154,15 +154,8 @@ def doctor_dataset(cfg: PipelineConfig, dataset: DatasetRecord, folder: str | os
 
     With `cache_dir`, a result stored for the same config, data and code is reused instead of probing again.
     """
-    stored = None
-    if cache_dir is not None:
-        stored = Path(cache_dir) / "diagnoses" / f"{diagnosis_key(cfg, dataset.archive_md5, quick)}.json"
-    if stored is not None and stored.exists():
-        log.info("doctor: reusing the checks of an identical earlier run (%s)", stored)
-        result = DoctorResult.model_validate_json(stored.read_text())
-    else:
-        result = diagnose(cfg, load_arrays(dataset), quick=quick)
-        if stored is not None:
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(stored, result.model_dump(mode="json"))
+    def probe(_entry=None) -> DoctorResult:
+        return diagnose(cfg, load_arrays(dataset), quick=quick)
+
+    result = probe() if cache_dir is None else DIAGNOSE.run(cache_dir, diagnosis_inputs(cfg, dataset, quick), probe)
     return write_doctor_report(result, folder, cfg, title, prefix)

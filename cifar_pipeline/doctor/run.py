@@ -22,7 +22,9 @@ from torch import nn
 from ..config import PipelineConfig
 from ..data.dataset import CifarArrays
 from ..training.health import CHANCE_LOSS
+from ..stage import StageRecord
 from ..training.runtime import resolve_device, tune_cpu_allocator
+from ..training.step import split_training
 from . import probes
 from .checks import Check, Result, worst
 from .data import check_data, check_input_scale, pixel_stats
@@ -53,7 +55,7 @@ class DoctorPlan(BaseModel):
     device: str
 
 
-class DoctorResult(BaseModel):
+class DoctorResult(StageRecord):
     status: Result
     checks: list[Check]
     lr_range: list[float] | None  # where the loss fell fastest
@@ -94,6 +96,18 @@ def make_plan(cfg: PipelineConfig, bench: probes.Bench, quick: bool, budget_s: f
                       seconds_per_step=per_step * batch / probe_batch, device=str(bench.device), **steps)
 
 
+def make_bench(cfg: PipelineConfig, arrays: CifarArrays, device: torch.device,
+               normalization: tuple[torch.Tensor, torch.Tensor] | None = None,
+               alter_model: Callable[[nn.Module], None] | None = None) -> probes.Bench:
+    """The probes' bench: the images training sees (its subset and validation split, so the probes'
+    batches are training's), held out against the test split."""
+    data = split_training(cfg, arrays)
+    n_test = cfg.test_subset or len(arrays.y_test)
+    scale, shift = normalization if normalization is not None else (None, None)
+    return probes.Bench(cfg, data.x_train, np.asarray(data.y_train), arrays.x_test[:n_test],
+                        np.asarray(arrays.y_test[:n_test]), device, scale, shift, alter_model)
+
+
 def diagnose(
     cfg: PipelineConfig,
     arrays: CifarArrays,
@@ -112,12 +126,8 @@ def diagnose(
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    n_train = cfg.train_subset or len(arrays.y_train)
-    n_test = cfg.test_subset or len(arrays.y_test)
-    x_train, y_train = arrays.x_train[:n_train], np.asarray(arrays.y_train[:n_train])
-    x_test, y_test = arrays.x_test[:n_test], np.asarray(arrays.y_test[:n_test])
-    scale, shift = normalization if normalization is not None else (None, None)
-    bench = probes.Bench(cfg, x_train, y_train, x_test, y_test, device, scale, shift, alter_model)
+    bench = make_bench(cfg, arrays, device, normalization, alter_model)
+    x_train, y_train, x_test, y_test = bench.x_train, bench.y_train, bench.x_val, bench.y_val
 
     checks = [check_data(x_train, y_train, x_test, y_test)]
     stats = pixel_stats(x_train, bench.scale, bench.shift)

@@ -21,12 +21,13 @@ import pandas as pd
 from filelock import FileLock
 from pydantic import BaseModel
 
+from .. import layout
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
 from ..evaluation import EvalRecord, evaluate_checkpoint
 from ..files import atomic_write_json, atomic_write_text, file_digest
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.loop import TrainRecord
+from ..training.records import TrainRecord
 from .export import export_for_promotion
 from .model_card import write_model_card
 from .predict import preprocessing
@@ -61,7 +62,7 @@ class PromotionDecision(BaseModel):
 
 
 def registry_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.output_dir).expanduser().resolve() / "registry"
+    return layout.registry_dir(cfg.output_dir)
 
 
 def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:

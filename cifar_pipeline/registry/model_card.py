@@ -13,7 +13,7 @@ from ..config import OFFICIAL_MD5, PipelineConfig
 from ..data.dataset import DatasetRecord
 from ..evaluation import EvalRecord
 from ..files import atomic_write_text
-from ..training.loop import TrainRecord
+from ..training.records import TrainRecord
 from .predict import INPUT_DESCRIPTION, preprocessing
 
 

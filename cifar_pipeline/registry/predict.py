@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import layout
 from ..config import PipelineConfig
 from ..data.augment import CIFAR_MEAN, CIFAR_STD
 from ..errors import ConfigError
@@ -163,7 +164,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def resolve_model(output_dir: str | os.PathLike, spec: str = "champion", engine: str = "torch") -> Path:
     """`champion`, a run id from the registry, or a file -> the model file to load (ConfigError if none)."""
-    registry = Path(output_dir).expanduser().resolve() / "registry"
+    registry = layout.registry_dir(output_dir)
     if spec == "champion":
         champion = registry / "champion.json"
         if not champion.is_file():

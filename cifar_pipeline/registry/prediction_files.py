@@ -22,6 +22,7 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel
 
+from .. import layout
 from ..data.images import decode_image, is_image_file
 from ..errors import ConfigError, ImageError
 from ..files import atomic_file
@@ -189,7 +190,7 @@ def default_output(output_dir: str | os.PathLike, folder: str | os.PathLike) -> 
 
     name = Path(folder).resolve().name or "images"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path(output_dir).expanduser().resolve() / "predictions" / f"{stamp}-{name}.csv"
+    return layout.predictions_dir(output_dir) / f"{stamp}-{name}.csv"
 
 
 def score_folder(folder: str, model: str = "champion", output_dir: str = "outputs", output: str | None = None,

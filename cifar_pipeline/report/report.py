@@ -23,7 +23,8 @@ from ..provenance import versions
 from ..registry.champion import PromotionDecision, read_history
 from ..registry.model_card import confused_pairs
 from ..training.budget import BudgetPlan
-from ..training.loop import TrainRecord, training_data
+from ..training.records import TrainRecord
+from ..training.step import training_data
 from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
 
 HISTORY_RUNS = 20  # runs shown in the trend plot

@@ -23,10 +23,12 @@ import optuna
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from .. import layout
 from ..config import PipelineConfig, validate_config
 from ..data.dataset import DatasetRecord
 from ..errors import PipelineError, TrainingDiverged
-from ..training.loop import EpochMetrics, train
+from ..training.loop import train
+from ..training.records import EpochMetrics
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def study_name(options: SweepOptions, cfg: PipelineConfig) -> str:
 def storage_url(options: SweepOptions, cfg: PipelineConfig) -> str:
     if options.storage:
         return options.storage
-    return str(Path(cfg.output_dir).expanduser().resolve() / "sweeps" / "optuna.journal")
+    return str(layout.sweeps_dir(cfg.output_dir) / "optuna.journal")
 
 
 def sweep_config(cfg: PipelineConfig) -> PipelineConfig:

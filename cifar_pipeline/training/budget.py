@@ -11,22 +11,19 @@ kept per machine and configuration, so an unchanged nightly run measures once an
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel
 
 from ..config import PipelineConfig
 from ..errors import ConfigError
-from ..files import atomic_write_json
+from ..stage import Stage, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ MIN_TIMED_SECONDS = 3.0
 MAX_TIMED_STEPS = 50
 
 
-class Measurement(BaseModel):
+class Measurement(StageRecord):
     machine: str
     seconds_per_step: float
     steps_per_epoch: int
@@ -106,18 +103,18 @@ def plan_epochs(budget_min: float, configured_epochs: float, seconds_per_epoch: 
     return float(max(1, math.floor(fit / step) * step) if fit >= step else 1)
 
 
-def measurement_key(machine: str, cfg: PipelineConfig, data_md5: str) -> str:
-    # The training key minus the epochs and the budget: neither changes the speed of a step.
-    from .loop import training_key
+MEASURE = Stage("measure-speed", "budget", Measurement, "training.budget")
 
+
+def measurement_inputs(machine: str, cfg: PipelineConfig, data_digest: str) -> dict:
+    # The training inputs minus the epochs and the budget: neither changes the speed of a step.
     timed = cfg.model_copy(update={"epochs": 1.0, "time_budget_min": 0.0, "budget_widths": []})
-    blob = json.dumps({"machine": machine, "train": training_key(timed, data_md5)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return {"machine": machine, "dataset": data_digest, "train": timed.group("train")}
 
 
 def plan_training(
     cfg: PipelineConfig,
-    data_md5: str,
+    data_digest: str,
     cache_dir: str | os.PathLike,
     machine: str,
     measure: Callable[[PipelineConfig], tuple[float, int, int]],
@@ -128,14 +125,14 @@ def plan_training(
     its time budget. `measure(config)` -> (seconds per step, steps per epoch, timed steps) runs only
     when this machine and configuration have no stored measurement."""
     if not cfg.budget_widths:
-        plan = _plan_one(cfg, data_md5, cache_dir, machine, measure, train_images)
+        plan = _plan_one(cfg, data_digest, cache_dir, machine, measure, train_images)
     else:
-        plan = _plan_width(cfg, data_md5, cache_dir, machine, measure, train_images)
+        plan = _plan_width(cfg, data_digest, cache_dir, machine, measure, train_images)
     log.info("%s", plan.summary())
     return plan
 
 
-def _plan_width(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike, machine: str,
+def _plan_width(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
                 measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int) -> BudgetPlan:
     """The widest of `budget_widths` keeping MIN_EPOCH_SHARE of the epochs, else the one training most epochs.
 
@@ -143,7 +140,7 @@ def _plan_width(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike
     """
     plans: list[BudgetPlan] = []
     for width in sorted(set(cfg.budget_widths), reverse=True):
-        plan = _plan_one(cfg.model_copy(update={"width": width}), data_md5, cache_dir, machine, measure,
+        plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
                          train_images, none_fit_ok=True)
         plans.append(plan.model_copy(update={"width": width}))
         if plan.planned_epochs >= MIN_EPOCH_SHARE * cfg.epochs:
@@ -158,19 +155,19 @@ def _plan_width(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike
     return chosen.model_copy(update={"options": options})
 
 
-def _plan_one(cfg: PipelineConfig, data_md5: str, cache_dir: str | os.PathLike, machine: str,
+def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
               measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int,
               none_fit_ok: bool = False) -> BudgetPlan:
-    path = Path(cache_dir) / "budget" / f"{measurement_key(machine, cfg, data_md5)}.json"
-    cached = path.exists()
-    if cached:
-        found = Measurement.model_validate_json(path.read_text())
-    else:
+    measured = []
+
+    def build(_entry) -> Measurement:
         seconds_per_step, steps_per_epoch, timed = measure(cfg)
-        found = Measurement(machine=machine, seconds_per_step=seconds_per_step, steps_per_epoch=steps_per_epoch,
-                            timed_steps=timed, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, found.model_dump())
+        measured.append(True)
+        return Measurement(machine=machine, seconds_per_step=seconds_per_step, steps_per_epoch=steps_per_epoch,
+                           timed_steps=timed, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    found = MEASURE.run(cache_dir, measurement_inputs(machine, cfg, data_digest), build)
+    cached = not measured
     # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
     seconds_per_epoch = found.seconds_per_step * max(1, train_images // cfg.batch_size)
     try:
@@ -215,41 +212,40 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
 
 
 def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
-    from .loop import _new_run, _step, _sync, train_batches, training_data
-    from .runtime import autocast_dtype
+    from .step import new_model, new_step, start_epoch, sync, train_batches, training_data
 
     data = training_data(cfg, dataset)
-    batches = train_batches(cfg, data, device)
+    batches = train_batches(cfg, data.x_train, data.y_train, device)
     steps_per_epoch = len(batches)
-    run = _new_run(cfg, data.x_train, device)
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model = new_model(cfg, data.x_train, device)
+    start_epoch(model, cfg, 0)
+    step = new_step(cfg, model, device)
     timed, start = 0, 0.0
     for i, (x, y) in enumerate(batches.epoch(0)):
         if i == WARMUP_STEPS:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        loss, _ = _step(run.model, run.optimizer, scaler, x, y, cfg, device, amp_dtype)
+        loss, _ = step(x, y)
         loss.item()
         if i >= WARMUP_STEPS:
             timed += 1
             elapsed = time.perf_counter() - start
             if timed >= MAX_TIMED_STEPS or (timed >= MIN_TIMED_STEPS and elapsed >= MIN_TIMED_SECONDS):
                 break
-    _sync(device)
+    sync(device)
     if timed == 0:  # an epoch shorter than the warm-up: time what there is
-        return _time_all(cfg, batches, run, scaler, device, amp_dtype), steps_per_epoch, steps_per_epoch
+        return _time_all(batches, step, device), steps_per_epoch, steps_per_epoch
     return (time.perf_counter() - start) / timed, steps_per_epoch, timed
 
 
-def _time_all(cfg, batches, run, scaler, device, amp_dtype) -> float:
-    from .loop import _step, _sync
+def _time_all(batches, step, device: torch.device) -> float:
+    from .step import sync
 
     start, n = time.perf_counter(), 0
     for x, y in batches.epoch(1):
-        _step(run.model, run.optimizer, scaler, x, y, cfg, device, amp_dtype)[0].item()
+        step(x, y)[0].item()
         n += 1
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / max(n, 1)
 
 

@@ -1,0 +1,60 @@
+"""What training returns: per-epoch metrics and the record of a finished training run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from ..stage import Output, StageRecord
+from .cpu_tuning import CpuSettings
+
+
+class EpochMetrics(BaseModel):
+    epoch: int
+    loss: float
+    train_accuracy: float
+    lr: float
+    seconds: float
+    data_seconds: float
+    images_per_second: float
+    at_chance: bool
+    # Mean loss of consecutive chunks of `loss_chunk` steps (about LOSS_POINTS per epoch): the curve by step.
+    step_losses: list[float] = []
+    loss_chunk: int = 1
+    steps: int = 0  # optimizer steps in this epoch
+    # Accuracy and mean loss on the held-out validation split (validation_images > 0), else None.
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+
+
+class TrainRecord(StageRecord):
+    key: str
+    checkpoint: str
+    checkpoint_sha256: str
+    epochs: list[EpochMetrics]
+    device: str
+    device_name: str
+    precision: str  # what ran: "bf16", "fp16" or "fp32" (a CPU without bf16 instructions runs fp32)
+    parameters: int
+    train_images: int
+    steps: int
+    train_seconds: float
+    resumed_from_epoch: int | None
+    warnings: list[str]
+    # CPU runs: the machine's class and the settings chosen for it (cifar_pipeline/training/cpu_tuning.py).
+    cpu_settings: CpuSettings | None = None
+
+    def outputs(self) -> list[Output]:
+        return [Output(self.checkpoint, self.checkpoint_sha256)]
+
+    def loss_by_step(self) -> list[tuple[int, float]]:
+        """(step at the end of each chunk, the chunk's mean loss) over the whole run, for the report."""
+        points, start = [], 0
+        for e in self.epochs:
+            points += [(min(start + (i + 1) * e.loss_chunk, start + e.steps), v) for i, v in enumerate(e.step_losses)]
+            start += e.steps
+        return points
+
+
+EpochCallback = Callable[[EpochMetrics, int], None]
