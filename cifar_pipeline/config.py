@@ -174,6 +174,10 @@ class PipelineConfig(BaseModel):
     promote_margin: Opt(float, ge=0, le=1) = _field(
         "run", "A run replaces the champion only if its accuracy beats it by more than this (0-1)."
     )
+    regression_alert_points: Opt(float, ge=0, le=100) = _field(
+        "run", "A run whose accuracy is more than this many percentage points below the champion's (same test "
+        "set) emits a regression event, which the alerts report."
+    )
     output_dir: Opt(str, min_length=1) = _field("run", "Folder for the data cache and the run folders.")
     device: Opt(Literal["auto", "cpu", "cuda"]) = _field("run", "auto picks CUDA when present, else the CPU.")
     download_retries: Opt(int, ge=0, le=20) = _field("run", "Retries of a failed download.")

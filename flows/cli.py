@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(needs a Prefect server: PREFECT_API_URL)")
     serve.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs at once")
     _add_predict_parsers(sub)
+    _add_registry_parsers(sub)
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("schema", help="print the configuration's JSON schema")
     return parser
@@ -99,6 +100,92 @@ def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch engine's device")
     export.add_argument("--format", choices=["onnx", "torch-export"], required=True, help="what to write")
     export.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+
+
+def _add_registry_parsers(sub: argparse._SubParsersAction) -> None:
+    champion = sub.add_parser("champion", help="show the champion and its predecessors; `champion rollback` "
+                              "makes an earlier model the champion again")
+    actions = champion.add_subparsers(dest="champion_command", parser_class=_Parser)
+    rollback = actions.add_parser("rollback", help="make the previous champion (or RUN_ID) the champion, in one "
+                                  "atomic step, with a history row")
+    rollback.add_argument("run_id", nargs="?", default=None, metavar="RUN_ID",
+                          help="a run id from registry/models/ (default: the previous champion)")
+    rollback.add_argument("--reason", default="manual rollback", help="why, for registry/history.csv")
+    for p, default in ((champion, "outputs"), (rollback, argparse.SUPPRESS)):
+        p.add_argument("--output-dir", default=default, metavar="DIR",
+                       help="the folder `run` writes to, holding registry/ (default: outputs)")
+    alerts = sub.add_parser("alerts", help="Prefect automations that report failed, regressed and missing runs "
+                            "(needs a Prefect server: PREFECT_API_URL)")
+    apply = alerts.add_subparsers(dest="alerts_command", required=True, parser_class=_Parser).add_parser(
+        "apply", help="create or update the automations of deployments/automations.yaml (idempotent)")
+    target = apply.add_mutually_exclusive_group(required=True)
+    target.add_argument("--webhook", metavar="URL", help="where messages go: an http(s) URL (JSON POST), a Slack "
+                        "incoming-webhook URL or an Apprise URL (mailto://...); saved as the notification block "
+                        "slack-webhook/BLOCK_NAME")
+    target.add_argument("--block", metavar="TYPE/NAME", help="an existing notification block instead "
+                        "(prefect block ls), e.g. sendgrid-email/oncall")
+    apply.add_argument("--block-name", default="cifar-alerts", metavar="NAME",
+                       help="the name --webhook saves its block under (default: cifar-alerts)")
+
+
+def champion_command(ns: argparse.Namespace) -> int:
+    from cifar_pipeline.registry.rollback import lineage, registry_folder, rollback
+
+    folder = registry_folder(ns.output_dir)
+    if ns.champion_command == "rollback":
+        try:
+            result = rollback(folder, ns.run_id, ns.reason)
+        except ConfigError as exc:
+            return _fail(str(exc), 2)
+        except PipelineError as exc:  # a damaged model file: the champion stays
+            return _fail(_one_line(exc), 1)
+        print(f"champion: {result.champion.run_id} ({result.champion.accuracy:.2%}), was "
+              f"{result.previous.run_id} ({result.previous.accuracy:.2%}); {result.reason}", file=sys.stderr)
+        print(json.dumps({"status": result.status, "champion": result.champion.run_id,
+                          "previous": result.previous.run_id, "model_file": result.champion.model_file,
+                          "reason": result.reason, "history": result.history_file}))
+        return 0
+    current = lineage(folder)
+    print(_champion_table(current), file=sys.stderr)
+    brief = ["run_id", "accuracy", "test_images", "promoted_at", "model_file"]
+    print(json.dumps({
+        "status": "ok", "registry": str(folder),
+        "champion": current.champion.model_dump(include=set(brief)) if current.champion else None,
+        "predecessors": [r.model_dump(include=set(brief)) for r in current.predecessors],
+        "registered": [r.run_id for r in current.registered],
+    }))
+    return 0
+
+
+def _champion_table(current) -> str:
+    from tabulate import tabulate
+
+    if current.champion is None:
+        return "no champion yet: `cifar-pipeline run` promotes the first model"
+    roles = {current.champion.run_id: "champion"}
+    roles.update({r.run_id: f"previous {i}" if i > 1 else "previous" for i, r in enumerate(current.predecessors, 1)})
+    rows = [[roles.get(r.run_id, ""), r.run_id, f"{r.accuracy:.2%}", r.test_images, r.config.get("preset"),
+             r.config.get("model"), r.promoted_at] for r in reversed(current.registered)]
+    return tabulate(rows, headers=["role", "run id", "accuracy", "test images", "preset", "model", "promoted at"])
+
+
+def alerts_command(ns: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return _fail("alerts go to a Prefect server: set PREFECT_API_URL=http://SERVER:4200/api", 2)
+    from deployments.alerts import apply
+
+    try:
+        result = apply(webhook=ns.webhook, block=ns.block, block_name=ns.block_name)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    for a in result["automations"]:
+        print(f"{a['action']:8} {a['name']} ({a['id']})", file=sys.stderr)
+    print(f"messages go through the block {result['block']}; run links need PREFECT_UI_URL on the server",
+          file=sys.stderr)
+    print(json.dumps({"status": "applied", **result}))
+    return 0
 
 
 def predict_command(ns: argparse.Namespace) -> int:
@@ -245,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         return predict_command(ns)
     if ns.command == "export":
         return export_command(ns)
+    if ns.command == "champion":
+        return champion_command(ns)
+    if ns.command == "alerts":
+        return alerts_command(ns)
     if ns.command == "schema":
         print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
         return 0
