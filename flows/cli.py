@@ -230,7 +230,7 @@ def export_command(ns: argparse.Namespace) -> int:
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    from cifar_pipeline.sweep.study import SweepOptions
+    from cifar_pipeline.sweep.options import SweepOptions
 
     for name, field in SweepOptions.model_fields.items():
         kind = int if field.annotation is int else str

@@ -92,3 +92,14 @@ def test_serve_without_a_server_explains_what_is_needed(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "prefect server start" in proc.stderr and "PREFECT_API_URL" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["presets"], ["schema"], ["config", "--preset", "cpu"],
+                                  ["run", "--help"]])
+def test_quick_subcommands_import_no_torch_prefect_or_plotting(args):
+    """What a person types to look around answers in well under a second: none of the heavy packages load."""
+    probe = ("import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'prefect', 'optuna', 'matplotlib', 'onnx') if m in sys.modules]\n"
+             "print('HEAVY', heavy, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]

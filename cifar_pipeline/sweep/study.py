@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import optuna
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .. import layout
 from ..config import PipelineConfig, validate_config
@@ -29,6 +29,7 @@ from ..data.dataset import DatasetRecord
 from ..errors import PipelineError, TrainingDiverged
 from ..training.loop import train
 from ..training.records import EpochMetrics
+from .options import SweepOptions
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,6 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, op
 
 class TrialPruned(PipelineError):
     """The pruner stopped a trial that fell behind the others; not a failure, never retried."""
-
-
-class SweepOptions(BaseModel):
-    """What a sweep adds to the pipeline configuration (CLI options and `cifar-sweep` flow parameters)."""
-
-    trials: int = Field(8, ge=1, le=10000, description="Trials in the study in all (a resumed study counts "
-                                                           "the ones it has).")
-    parallel: int = Field(2, ge=1, le=1024, description="Trials running at once.")
-    space: str = Field("", description="Search space TOML file; empty: the preset's default space.")
-    study: str = Field("", description="Optuna study name; empty: sweep-<preset>.")
-    storage: str = Field("", description="Optuna storage: a database URL (postgresql://..., sqlite:///...) or "
-                                         "a journal file path; empty: <output_dir>/sweeps/optuna.journal.")
-    trial_deployment: str = Field("", description="Run trials as flow runs of this deployment on its work pool "
-                                                  "(e.g. cifar-trial/trial); empty: local processes.")
 
 
 class TrialOutcome(BaseModel):
