@@ -22,7 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # The cpu recipe (EMA, alternate flips, translation) shrunk; enough epochs to kill it mid-way.
 CFG = dict(preset="cpu", width=8, batch_size=32, epochs=40, tta=0)
 
-TRAIN_SCRIPT = """
+# A run picks its threads from the CPU's load when it starts, and another thread count sums in another
+# order: both sides of the comparison plan for an idle CPU, whatever else the machine is doing.
+PIN_THREADS = """
+import cifar_pipeline.training.loop as loop
+from cifar_pipeline.training import cpu_tuning
+loop.current_cpu_settings = lambda *args, **kwargs: cpu_tuning.current_cpu_settings(*args, load=0.0)
+"""
+
+TRAIN_SCRIPT = PIN_THREADS + """
 import sys
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
@@ -41,9 +49,15 @@ def _epoch_of(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_resumes_and_ends_with_the_same_weights(tiny_dataset, tmp_path):
+def test_sigkill_mid_training_resumes_and_ends_with_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    import cifar_pipeline.training.loop as loop
+    from cifar_pipeline.training import cpu_tuning
+
     record, _ = tiny_dataset
     cfg = PipelineConfig(**CFG).resolved({})
+    # The same pin as the subprocess's, for the straight run and the resumed one.
+    monkeypatch.setattr(loop, "current_cpu_settings",
+                        lambda *args, **kwargs: cpu_tuning.current_cpu_settings(*args, load=0.0))
     straight = train(cfg, record, tmp_path / "straight", progress=False)
 
     cache = tmp_path / "killed"
