@@ -7,6 +7,7 @@ concurrency limits, read from the same file, served by `prefect.serve`. It needs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,14 @@ from prefect.schedules import Cron
 
 from cifar_pipeline.errors import ConfigError
 from flows.doctor import doctor
+from flows.maintenance import maintenance
 from flows.pipeline import cifar_pipeline
 from flows.predict import predict_folder
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
 # What `serve` runs; sweeps are left to work pools (their trials need workers), never served.
 FLOWS = {"flows/pipeline.py:cifar_pipeline": cifar_pipeline, "flows/doctor.py:doctor": doctor,
-         "flows/predict.py:predict_folder": predict_folder}
+         "flows/predict.py:predict_folder": predict_folder, "flows/maintenance.py:maintenance": maintenance}
 
 
 def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -71,8 +73,20 @@ def pool_bound(specs: list[dict[str, Any]]) -> list[str]:
     return bound
 
 
+def client_env(specs: list[dict[str, Any]]) -> dict[str, str]:
+    """The environment prefect.yaml gives every flow-run process (client retries, heartbeats)."""
+    env: dict[str, str] = {}
+    for spec in specs:
+        env.update((spec.get("work_pool") or {}).get("job_variables", {}).get("env") or {})
+    return {k: str(v) for k, v in env.items()}
+
+
 def main(limit: int | None = None) -> None:
     specs = load_deployments()
+    # Served runs are subprocesses of this one: they get the same client settings as a worker's runs,
+    # unless this process was started with its own values.
+    for key, value in client_env(specs).items():
+        os.environ.setdefault(key, value)
     conflicts = pool_bound(specs)
     if conflicts:
         raise ConfigError(

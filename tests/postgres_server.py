@@ -62,11 +62,23 @@ class PostgresServer:
             shutil.chown(pwfile, "postgres", "postgres")
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "cifar", "--pwfile", str(pwfile),
                   "-A", "scram-sha-256", "--no-sync", "-E", "UTF8")
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the server (again, after stop(): same data folder, same port)."""
         # Sockets in our own folder (not /var/run/postgresql), TCP on loopback only, fsync off: test data.
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts,
                   "-w", "-t", "60", "start")
-        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: `fast` ends every session (what a restart for an upgrade does), `immediate` crashes it."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+
+    def logs(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def create_database(self, name: str) -> None:
         env_cmd = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "cifar", "-d", "postgres",
@@ -79,6 +91,12 @@ class PostgresServer:
                             "-d", name, "-c", "CREATE EXTENSION IF NOT EXISTS pg_trgm"],
                            check=True, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PGPASSWORD": PASSWORD})
+
+    def prefect_env(self, database: str) -> dict[str, str]:
+        """The Prefect server's database settings, the password in its own variable (never in a URL)."""
+        return {"PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg", "PREFECT_SERVER_DATABASE_HOST": "127.0.0.1",
+                "PREFECT_SERVER_DATABASE_PORT": str(self.port), "PREFECT_SERVER_DATABASE_USER": "cifar",
+                "PREFECT_SERVER_DATABASE_NAME": database, "PREFECT_SERVER_DATABASE_PASSWORD": PASSWORD}
 
     def url(self, driver: str, database: str) -> str:
         """e.g. url("asyncpg", "prefect") for Prefect, url("psycopg2", "optuna") for Optuna/SQLAlchemy."""

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages some tests need: headless Chromium + its driver (the Prefect UI in a browser) and
-# PostgreSQL (a team Prefect server, Optuna storage). Installed where the machine allows it (root with
-# apt-get); elsewhere those tests skip and name the missing package. Never fails the test command.
-PACKAGES="chromium chromium-driver postgresql"
+# Debian packages some tests need: headless Chromium + its driver (the Prefect UI in a browser),
+# PostgreSQL (a team Prefect server, Optuna storage) and nginx (TLS in front of the team server).
+# Installed where the machine allows it (root with apt-get); elsewhere those tests skip and name the
+# missing package. Never fails the test command.
+PACKAGES="chromium chromium-driver postgresql nginx"
 missing=""
 for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
