@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs at once")
     _add_predict_parsers(sub)
     _add_registry_parsers(sub)
+    _add_gc_parser(sub)
     sub.add_parser("presets", help="list the presets")
     sub.add_parser("schema", help="print the configuration's JSON schema")
     return parser
@@ -126,6 +127,50 @@ def _add_registry_parsers(sub: argparse._SubParsersAction) -> None:
                         "(prefect block ls), e.g. sendgrid-email/oncall")
     apply.add_argument("--block-name", default="cifar-alerts", metavar="NAME",
                        help="the name --webhook saves its block under (default: cifar-alerts)")
+
+
+def _add_gc_parser(sub: argparse._SubParsersAction) -> None:
+    gc = sub.add_parser("gc", help="remove old runs, cache entries, Prefect results and models that the retention "
+                        "policy no longer keeps (the champion, its predecessors and what kept or running runs "
+                        "need always stay)")
+    gc.add_argument("--output-dir", default="outputs", metavar="DIR", help="the folder `run` writes to (default: "
+                    "outputs)")
+    gc.add_argument("--keep-runs", type=int, default=10, metavar="N", help="keep the N latest completed runs "
+                    "(default 10; at least 1)")
+    gc.add_argument("--keep-days", type=float, default=7.0, metavar="D", help="also keep every run newer than D "
+                    "days (default 7; 0: none by age)")
+    gc.add_argument("--keep-champions", type=int, default=5, metavar="K", help="keep the champion and its K "
+                    "predecessors in registry/models/ for rollback (default 5)")
+    gc.add_argument("--keep-latest-per-deployment", action=argparse.BooleanOptionalAction, default=True,
+                    help="also keep the latest completed run of each deployment (default: yes)")
+    gc.add_argument("--grace-minutes", type=float, default=15.0, metavar="M", help="never remove anything "
+                    "younger than M minutes (default 15)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
+
+def gc_command(ns: argparse.Namespace) -> int:
+    from cifar_pipeline.retention import Policy, RetentionBusy, collect
+
+    if ns.keep_runs < 1:
+        return _fail(f"--keep-runs must be at least 1, got {ns.keep_runs} (the latest run is what a rerun "
+                     "of the nightly reuses)", 2)
+    for flag, value in (("--keep-days", ns.keep_days), ("--keep-champions", ns.keep_champions),
+                        ("--grace-minutes", ns.grace_minutes)):
+        if value < 0:
+            return _fail(f"{flag} must be 0 or more, got {value:g}", 2)
+    if not os.path.isdir(ns.output_dir):
+        return _fail(f"--output-dir {ns.output_dir} is not a folder", 2)
+    policy = Policy(keep_runs=ns.keep_runs, keep_days=ns.keep_days, keep_champions=ns.keep_champions,
+                    keep_latest_per_deployment=ns.keep_latest_per_deployment, grace_s=60 * ns.grace_minutes)
+    try:
+        result = collect(ns.output_dir, policy, dry_run=ns.dry_run, log=lambda line: print(line, file=sys.stderr))
+    except RetentionBusy as exc:
+        return _fail(str(exc), 1)
+    verb = "would free" if ns.dry_run else "freed"
+    print(f"gc: {len(result['removed'])} path(s), {verb} {result['freed_bytes'] / 1e6:.1f} MB; kept {result['kept']}",
+          file=sys.stderr)
+    print(json.dumps(result))
+    return 0
 
 
 def champion_command(ns: argparse.Namespace) -> int:
@@ -334,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         return export_command(ns)
     if ns.command == "champion":
         return champion_command(ns)
+    if ns.command == "gc":
+        return gc_command(ns)
     if ns.command == "alerts":
         return alerts_command(ns)
     if ns.command == "schema":

@@ -193,7 +193,7 @@ def test_serve_registers_the_same_deployments_and_runs_them(worker, api, tmp_pat
 
     stop(worker)  # one way of running at a time: serve replaces the pool-bound deployments
     for name in ("cifar-pipeline/nightly", "cifar-pipeline/on-demand", "cifar-predict/score-folder",
-                 "cifar-doctor/doctor"):
+                 "cifar-doctor/doctor", "cifar-maintenance/maintenance"):
         assert api.cli("deployment", "delete", name, cwd=ROOT).returncode == 0
     proc = start([str(BIN / "cifar-pipeline"), "serve"], api.env, api.home / "serve.log", cwd=ROOT)
     try:
