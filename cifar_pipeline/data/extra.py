@@ -243,10 +243,17 @@ def _source_differs(path: Path) -> tuple[bool, bool]:
 
 def _previous_decodes(root: Path, exclude: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decoded images of the most recent other manifest, by source file sha256 (empty if none)."""
-    entries = [p.parent for p in root.glob("*/record.json") if p.parent != exclude]
+    # Dot folders are entries retention is removing; one may also vanish between the glob and the stat.
+    entries = {}
+    for path in root.glob("*/record.json"):
+        if path.parent != exclude and not path.parent.name.startswith("."):
+            try:
+                entries[path.parent] = path.stat().st_mtime_ns
+            except OSError:
+                continue
     if not entries:
         return {}
-    latest = max(entries, key=lambda p: (p / "record.json").stat().st_mtime_ns)
+    latest = max(entries, key=entries.get)
     try:
         if (record := EXTRA.stored(latest, verify=False)) is None:
             return {}
