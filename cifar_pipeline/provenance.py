@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import platform
+import threading
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +17,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # rest name folders, write files atomically or carry errors. Keeping them out means that adding a
 # config field or a layout folder does not retrain every cached model.
 NEUTRAL = frozenset({"config", "errors", "files", "layout", "provenance", "stage", "access"})
+# ast.parse from two threads at once can fail in CPython 3.11 ("AST constructor recursion depth
+# mismatch"), and Prefect computes cache keys in its task threads.
+_PARSING = threading.Lock()
 
 
 def _module_file(name: str) -> Path | None:
@@ -34,6 +38,7 @@ def _name_of(file: Path) -> str:
     return ".".join(parts)
 
 
+@cache
 def _imported(file: Path) -> set[str]:
     """The cifar_pipeline modules `file` imports anywhere in its text (function-level imports too)."""
     here = _name_of(file).split(".") if _name_of(file) else []
@@ -79,6 +84,11 @@ def _runtime_nodes(tree: ast.AST):
 def code_files(module: str) -> tuple[str, ...]:
     """The source files a module runs: itself and every cifar_pipeline module it imports, transitively
     (less NEUTRAL), as paths relative to the package. `module` is dotted, e.g. "data.dataset"."""
+    with _PARSING:
+        return _code_files(module)
+
+
+def _code_files(module: str) -> tuple[str, ...]:
     seen: set[str] = set()
     todo = [module.removeprefix(PACKAGE).lstrip(".")]
     while todo:

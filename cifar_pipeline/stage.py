@@ -81,6 +81,12 @@ class Stage(Generic[R]):
     record: type[R]
     module: str | None  # the code that makes the record ("data.dataset"); None: inputs alone decide it
 
+    def __post_init__(self) -> None:
+        # Digest the code now, at import, in the importing thread: keys are later computed in Prefect's
+        # task threads, where parsing source at the same time as another thread can fail in CPython 3.11.
+        if self.module:
+            code_digest(self.module)
+
     def key(self, inputs: dict[str, Any]) -> str:
         code = code_digest(self.module) if self.module else None
         return digest_of({"stage": self.name, "inputs": inputs, "code": code})
