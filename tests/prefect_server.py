@@ -130,6 +130,13 @@ class PrefectServer:
     def __exit__(self, *exc) -> None:
         self.stop_server()
 
+    def worker(self, root: Path, allowed: Path, limit: int) -> subprocess.Popen:
+        """A process worker on the cifar-cpu pool, started from `root`; its runs may only touch `allowed`
+        (as on a shared server)."""
+        env = {**self.env, "CIFAR_PIPELINE_ALLOWED_ROOTS": str(allowed)}
+        return start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", str(limit)],
+                     env, self.home / "worker.log", cwd=root)
+
     def cli(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=cwd, capture_output=True,
                               text=True, timeout=timeout)
@@ -157,3 +164,17 @@ def env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip().strip('"')
     return values
+
+
+def wait_for_runs(flow_run_ids, timeout: float = 400, poll: float = 0.5) -> list:
+    """The flow runs, once every one of them is in a final state (the current API's)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(i) for i in flow_run_ids]
+            if all(r.state and r.state.is_final() for r in runs):
+                return runs
+            assert time.monotonic() < deadline, [r.state for r in runs]
+            time.sleep(poll)

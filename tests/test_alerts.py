@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_server import BIN, PrefectServer, free_port, start, stop
+from tests.prefect_server import BIN, PrefectServer, free_port, stop, wait_for_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -90,9 +90,7 @@ def server(tmp_path_factory, tiny_archive):
 
 @pytest.fixture(scope="module")
 def worker(server, tmp_path_factory):
-    env = {**server.env, "CIFAR_PIPELINE_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp())}
-    proc = start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", "3"],
-                 env, server.home / "worker.log", cwd=ROOT)
+    proc = server.worker(ROOT, tmp_path_factory.getbasetemp(), limit=3)
     yield proc
     stop(proc)
 
@@ -125,14 +123,7 @@ def _automations() -> dict:
 
 
 def _wait(flow_run_ids, timeout=400):
-    deadline = time.monotonic() + timeout
-    with _client() as client:
-        while True:
-            runs = [client.read_flow_run(i) for i in flow_run_ids]
-            if all(r.state and r.state.is_final() for r in runs):
-                return runs
-            assert time.monotonic() < deadline, [r.state for r in runs]
-            time.sleep(0.5)
+    return wait_for_runs(flow_run_ids, timeout)
 
 
 def _start(deployment: str, config: dict):

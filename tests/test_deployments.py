@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_server import BIN, PrefectServer, start, stop
+from tests.prefect_server import BIN, PrefectServer, start, stop, wait_for_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -48,9 +48,7 @@ def deployed(api):
 @pytest.fixture(scope="module")
 def worker(deployed, tmp_path_factory):
     # As on a shared server: runs may only touch the test's temporary folders (archive, outputs).
-    env = {**deployed.env, "CIFAR_PIPELINE_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp())}
-    proc = start([str(BIN / "prefect"), "worker", "start", "--pool", "cifar-cpu", "--limit", "2"],
-                 env, deployed.home / "worker.log", cwd=ROOT)
+    proc = deployed.worker(ROOT, tmp_path_factory.getbasetemp(), limit=2)
     yield proc
     stop(proc)
 
@@ -62,14 +60,7 @@ def _client():
 
 
 def _wait(flow_run_ids, timeout=400):
-    deadline = time.monotonic() + timeout
-    with _client() as client:
-        while True:
-            runs = [client.read_flow_run(i) for i in flow_run_ids]
-            if all(r.state and r.state.is_final() for r in runs):
-                return runs
-            assert time.monotonic() < deadline, [r.state for r in runs]
-            time.sleep(1)
+    return wait_for_runs(flow_run_ids, timeout, poll=1)
 
 
 def _summary(output_dir: Path, flow_run_id) -> dict:
