@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from . import layout
 from .errors import PipelineError
-from .stage import earlier_version_entries
+from .stage import earlier_version_entries, entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ class Remover:
         self._done(run.path, size)
 
     def entry(self, e: Entry, results: list[ResultFile]) -> None:
-        lock = FileLock(str(e.path.parent / f"{e.key}.lock"), timeout=0)
+        lock = entry_lock(e.path, timeout=0)
         try:
             lock.acquire()
         except Timeout:

@@ -63,8 +63,10 @@ class StageRecord(BaseModel):
         """What a downstream key takes from this record: the digests of the files it produced, or,
         for a record that is its own product (an evaluation), the record itself."""
         outputs = self.outputs()
+        if len(outputs) == 1:
+            return outputs[0].digest
         text = "|".join(o.digest for o in outputs) if outputs else self.model_dump_json()
-        return outputs[0].digest if len(outputs) == 1 else hashlib.sha256(text.encode()).hexdigest()[:20]
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 R = TypeVar("R", bound=StageRecord)
@@ -97,7 +99,7 @@ class Stage(Generic[R]):
     def lock(self, cache_dir: str | os.PathLike, key: str) -> FileLock:
         folder = layout.stage_dir(cache_dir, self.folder)
         folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / f"{key}.lock"))
+        return entry_lock(folder / key)
 
     def run(self, cache_dir: str | os.PathLike, inputs: dict[str, Any], build: Callable[[Path], R]) -> R:
         """The stored record for these inputs, or `build(entry folder)`'s, stored. Concurrent runs of
@@ -154,6 +156,11 @@ class Stage(Generic[R]):
             return False
         stored = self.stored(self.entry(cache_dir, self.key(inputs)), verify=False)
         return stored is not None and stored == record
+
+
+def entry_lock(entry: Path, timeout: float = -1) -> FileLock:
+    """The lock every user of an entry takes: the stage's runner, and retention before removing it."""
+    return FileLock(str(entry.parent / f"{entry.name}.lock"), timeout=timeout)
 
 
 def remove_leftovers(entry: Path) -> int:
