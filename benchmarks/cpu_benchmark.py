@@ -1,30 +1,30 @@
 """CPU benchmark, measured side by side in one run (see benchmarks/RESULTS.md for results).
 
-  (a) images/s of the seed blog's code path against the pipeline's `seed` preset (batch 16, same Net),
-      interleaved trials, medians and their ratio;
-  (b) the pipeline's seed epoch time as a fraction of the FLOP floor (measured fp32 matmul peak);
-  (c) the `cpu` preset on the real archive: accuracy, training time, data time per epoch;
-  (e) end to end, what a user waits for: wall time of `cifar-pipeline run --preset seed --epochs 2`
-      (a fresh output folder: Prefect's start-up, decoding, training, evaluation, report) against the
-      blog's script for 2 epochs (benchmarks/seed_code.py), interleaved;
-  (p) what the `cpu` preset's time budget plans here: the flow's own warm-up measurement (seconds per
-      epoch) and the epochs it allows, for each width in --budget-widths (default: the preset's).
+  seed     the blog's script against `cifar-pipeline run --preset seed`, each in its own process as a
+           user runs them (benchmarks/user_runs.py): images/s over full epochs and end-to-end wall time
+           for --seed-epochs epochs (10 is `make run`), --trials pairs, interleaved;
+  floor    the pipeline's seed epoch time as a fraction of the FLOP floor (measured fp32 matmul peak);
+  cpu      the `cpu` preset at its configured 16 epochs on the real archive: accuracy, training time;
+  budget   what the `cpu` preset's time budget plans here: the warm-up's measured speeds per width (both
+           phases) and the epochs each width would get (--budget-widths, default the preset's);
+  fixed    a run's fixed cost beside its references (benchmarks/fixed_cost.py);
+  frontier accuracy per (width, epochs) point of the `cpu` recipe, trained through the CLI with
+           `--time-budget-min 0 --width W --epochs E --seed S` into one output folder (so a point
+           measured once is a cache hit afterwards); prints the `budget_frontier` entries.
 
-Parts: seed (a), floor (b), cpu (c), e2e (e), budget (p); `--parts seed,e2e` runs only those. The header names
-the CPU class the figures belong to (benchmarks/RESULTS.md keeps one table per class). To see an
-AVX-512 machine behave as an AVX2 one, run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
-(the header then says "emulated").
+`--parts seed,fixed` runs only those. The header names the CPU class the figures belong to
+(benchmarks/RESULTS.md keeps one table per class). To see an AVX-512 machine behave as an AVX2 one,
+run under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 (the header
+then says "emulated").
 
-    python benchmarks/cpu_benchmark.py --archive PATH --md5 HEX [--parts seed,floor,cpu,e2e,budget] [--trials 5]
+    python benchmarks/cpu_benchmark.py --archive PATH --md5 HEX [--parts seed,floor,cpu,budget,fixed,frontier]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,18 +36,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.seed_code import train_images_per_second  # noqa: E402
+from benchmarks import fixed_cost  # noqa: E402
+from benchmarks.user_runs import blog_script, pipeline_run, training_record  # noqa: E402
 from cifar_pipeline.config import PipelineConfig  # noqa: E402
 from cifar_pipeline.data.dataset import build_dataset, extract_archive  # noqa: E402
 from cifar_pipeline.data.download import fetch_archive  # noqa: E402
 from cifar_pipeline.evaluation import evaluate  # noqa: E402
 from cifar_pipeline.models import build_model  # noqa: E402
-from cifar_pipeline.training.budget import measure_steps, plan_epochs  # noqa: E402
+from cifar_pipeline.training.budget import Measurement, epoch_cap, measure_steps, plan_epochs, training_seconds  # noqa: E402
 from cifar_pipeline.training.cpu_tuning import busy_cores, capability_forced, detect_cpu  # noqa: E402
 from cifar_pipeline.training.loop import train  # noqa: E402
 
 TRAIN_IMAGES = 50_000
-PARTS = ("seed", "floor", "cpu", "e2e", "budget")
+PARTS = ("seed", "floor", "cpu", "budget", "fixed", "frontier")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,30 +70,27 @@ def parse_parts(text: str) -> list[str]:
     return parts
 
 
-def timed_command(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall seconds of a command run as a user would, and its last output line."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    lines = done.stdout.strip().splitlines()
-    return wall, lines[-1] if lines else ""
+def parse_points(text: str) -> list[tuple[int, float]]:
+    """ "64x16,96x12" -> [(64, 16.0), (96, 12.0)]"""
+    try:
+        return [(int(w), float(e)) for w, e in (p.strip().split("x") for p in text.split(",") if p.strip())]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"points are WIDTHxEPOCHS,...; got {text!r}") from None
 
 
-def end_to_end_trial(archive: str, md5: str, root: Path, work: Path, epochs: int, trial: int) -> dict:
-    """One interleaved pair: the blog's script, then the pipeline's CLI on a fresh output folder."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    blog_wall, blog_out = timed_command(
-        [sys.executable, "benchmarks/seed_code.py", "--root", str(root), "--epochs", str(epochs), "--seed", str(trial)],
-        env)
-    pipe_wall, pipe_out = timed_command(
-        [sys.executable, "-m", "flows", "run", "--preset", "seed", "--epochs", str(epochs), "--seed", str(trial),
-         "--source", archive, "--md5", md5, "--output", str(work / f"e2e-{trial}")], env)
-    summary = json.loads(pipe_out)
-    return {"blog_seconds": blog_wall, "blog_accuracy": float(blog_out.split()[-1]),
-            "pipeline_seconds": pipe_wall, "pipeline_accuracy": summary["test_accuracy"],
-            "pipeline_task_seconds": summary["seconds"]}
+def seed_trial(archive: str, md5: str, torchvision_root: Path, work: Path, epochs: int, trial: int) -> dict:
+    """One interleaved pair, each side its own process: the blog's script, then the pipeline's CLI on a
+    fresh output folder (download, decoding, training, evaluation, report and promotion included)."""
+    blog = blog_script(torchvision_root, epochs, trial)
+    run, summary = pipeline_run("--preset", "seed", "--epochs", str(epochs), "--seed", str(trial),
+                                "--source", archive, "--md5", md5, "--output-dir", str(work / f"seed-{trial}"))
+    record = training_record(summary)
+    return {"blog_seconds": blog["wall_seconds"], "blog_accuracy": blog["test_accuracy"],
+            "blog_images_per_second": blog["images_per_second"],
+            "pipeline_seconds": run.wall, "pipeline_accuracy": summary["test_accuracy"],
+            "pipeline_flow_seconds": summary["seconds"], "pipeline_task_seconds": summary.get("task_seconds", {}),
+            "pipeline_images_per_second": [e["images_per_second"] for e in record["epochs"]],
+            "pipeline_precision": record["precision"]}
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -119,43 +117,57 @@ def seed_net_flops_per_image(batch: int = 16) -> tuple[float, float]:
     return fwd.get_total_flops() / batch, both.get_total_flops() / batch
 
 
-def pipeline_seed_trial(dataset, cache: Path, n_images: int, trial: int) -> dict:
-    cfg = PipelineConfig(preset="seed", epochs=1, train_subset=n_images, seed=trial).resolved({})
-    record = train(cfg, dataset, cache / f"seed-trial-{trial}", progress=False)
-    epoch = record.epochs[0]
-    return {"images_per_second": epoch.images_per_second, "data_seconds": epoch.data_seconds,
-            "seconds": epoch.seconds, "precision": record.precision}
-
-
 def budget_plans(dataset, widths: list[int | None], **overrides) -> list[dict]:
     """The `cpu` preset's budget plan per width, from the same warm-up measurement the flow runs."""
     plans = []
     for width in widths:
         cfg = PipelineConfig(preset="cpu", **({"width": width} if width else {}), **overrides).resolved({})
-        per_step, steps, timed = measure_steps(cfg, dataset)
-        epoch_seconds = per_step * steps
-        plans.append({"width": cfg.width, "seconds_per_epoch": epoch_seconds, "timed_steps": timed,
-                      "budget_min": cfg.time_budget_min, "configured_epochs": cfg.epochs,
-                      "planned_epochs": plan_epochs(cfg.time_budget_min, cfg.epochs, epoch_seconds)})
+        speed = measure_steps(cfg, dataset)
+        measured = Measurement(machine="", seconds_per_step=speed.seconds_per_step,
+                               seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
+                               steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps, measured_at="")
+        planned = plan_epochs(cfg.time_budget_min, epoch_cap(cfg),
+                              lambda e: training_seconds(measured, e, speed.steps_per_epoch))
+        plans.append({"width": cfg.width, "seconds_per_epoch": speed.seconds_per_step * speed.steps_per_epoch,
+                      "seconds_per_epoch_early": speed.seconds_per_step_early * speed.steps_per_epoch,
+                      "timed_steps": speed.timed_steps, "budget_min": cfg.time_budget_min,
+                      "configured_epochs": cfg.epochs, "max_epochs": epoch_cap(cfg), "planned_epochs": planned,
+                      "predicted_seconds": training_seconds(measured, planned, speed.steps_per_epoch)})
     return plans
+
+
+def frontier_point(archive: str, md5: str, output: Path, width: int, epochs: float, seed: int,
+                   extra: tuple[str, ...] = ()) -> dict:
+    """One (width, epochs) point of the `cpu` recipe at fixed epochs, trained as a user would."""
+    run, summary = pipeline_run("--preset", "cpu", "--time-budget-min", "0", "--width", str(width),
+                                "--epochs", f"{epochs:g}", "--seed", str(seed), "--source", archive, "--md5", md5,
+                                "--output-dir", str(output), *extra)
+    record = training_record(summary)
+    late = [e["seconds"] for e in record["epochs"][3:]] or [e["seconds"] for e in record["epochs"]]
+    return {"width": width, "epochs": epochs, "seed": seed, "test_accuracy": summary["test_accuracy"],
+            "train_minutes": (record.get("wall_seconds") or record["train_seconds"]) / 60,
+            "seconds_per_epoch_after_3": statistics.median(late), "cached": summary["tasks"].get("train") == "Cached",
+            "wall_seconds": run.wall}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", required=True)
     parser.add_argument("--md5", required=True)
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--images", type=int, default=50000,
-                        help="images per speed trial (default a full epoch: short trials overweight start-up)")
-    parser.add_argument("--parts", type=parse_parts, default=list(PARTS), help="comma-separated: " + ",".join(PARTS))
-    parser.add_argument("--skip-cpu-preset", action="store_true", help="same as leaving cpu out of --parts")
-    parser.add_argument("--e2e-epochs", type=int, default=2)
-    parser.add_argument("--e2e-trials", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=1, help="interleaved pairs of the seed part")
+    parser.add_argument("--seed-epochs", type=int, default=2, help="epochs of each side of the seed part "
+                                                                   "(10: the blog's recipe, what `make run` trains)")
+    parser.add_argument("--parts", type=parse_parts, default=["seed", "floor", "budget", "fixed"],
+                        help="comma-separated: " + ",".join(PARTS))
     parser.add_argument("--budget-widths", default="", help="widths for the budget part, e.g. 48,64")
+    parser.add_argument("--points", type=parse_points, default=[(64, 16)], help="frontier: WIDTHxEPOCHS,...")
+    parser.add_argument("--seeds", default="0", help="frontier: seeds, e.g. 0,1")
+    parser.add_argument("--frontier-output", default="outputs/frontier",
+                        help="frontier: the output folder (its cache keeps every point trained)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
-    parts = [p for p in args.parts if not (p == "cpu" and args.skip_cpu_preset)]
+    parts = args.parts
     results: dict = {"machine": machine_header(), "parts": parts}
     m = results["machine"]
     print(f"CPU: {m['cpu_model']}; torch capability {m['cpu_capability']}"
@@ -164,99 +176,97 @@ def main() -> None:
           f"other work busy on {m['busy_cores_at_start']} cores; torch {m['torch']}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="cifar-bench-"))
-    archive = fetch_archive([args.archive], args.md5, work)
-    dataset = build_dataset(archive, work)
-    root = work / "torchvision"
-    extract_archive(archive.path, root)  # torchvision reads root/cifar-10-batches-py/
-
-    fwd, fwd_bwd = seed_net_flops_per_image()
-    results["seed_net_mflop_per_image"] = {"forward": fwd / 1e6, "forward_backward": fwd_bwd / 1e6}
     rows = [("CPU class / capability / threads", f"{m['cpu_class']} / {m['cpu_capability']}"
              f"{' (emulated)' if m['emulated'] else ''} / {m['threads']}")]
+    dataset = None
+    if {"seed", "cpu", "budget"} & set(parts):
+        archive = fetch_archive([args.archive], args.md5, work)
+        dataset = build_dataset(archive, work)
+        root = work / "torchvision"
+        extract_archive(archive.path, root)  # torchvision reads root/cifar-10-batches-py/
 
-    # (a) interleaved: seed code, pipeline, seed code, pipeline, ... (the matmul peak between, for (b))
-    if "seed" in parts or "floor" in parts:
-        seed_code, pipeline, peaks = [], [], []
-        for trial in range(args.trials):
-            peaks.append(matmul_peak_gflops())
-            if "seed" in parts:
-                seed_code.append(train_images_per_second(str(root), args.images, seed=trial))
-                pipeline.append(pipeline_seed_trial(dataset, work, args.images, trial))
-                print(f"trial {trial}: seed code {seed_code[-1]:.0f} img/s, pipeline "
-                      f"{pipeline[-1]['images_per_second']:.0f} img/s, matmul peak {peaks[-1]:.0f} GFLOP/s", flush=True)
-        peak = statistics.median(peaks)
-        floor_seconds = TRAIN_IMAGES * fwd_bwd / (peak * 1e9)
-        results["b_flop_floor"] = {"matmul_peak_gflops": peak, "floor_epoch_seconds": floor_seconds}
-        rows.append(("fp32 matmul peak (2048^3, median)", f"{peak:.0f} GFLOP/s"))
-        if "seed" in parts:
-            seed_ips = statistics.median(seed_code)
-            pipe_ips = statistics.median(p["images_per_second"] for p in pipeline)
-            epoch_seconds = TRAIN_IMAGES / pipe_ips
-            results["a_seed_vs_pipeline"] = {
-                "trials": args.trials, "images_per_trial": args.images, "batch_size": 16,
-                "seed_code_images_per_second": seed_code,
-                "pipeline_images_per_second": [p["images_per_second"] for p in pipeline],
-                "pipeline_precision": pipeline[0]["precision"],
-                "median_seed_code": seed_ips, "median_pipeline": pipe_ips, "ratio": pipe_ips / seed_ips,
-                "pipeline_data_fraction_of_epoch": statistics.median(p["data_seconds"] / p["seconds"] for p in pipeline),
-            }
-            results["b_flop_floor"].update(seed_epoch_seconds=epoch_seconds, floor_fraction=floor_seconds / epoch_seconds)
-            a = results["a_seed_vs_pipeline"]
-            rows += [
-                (f"seed code path, batch 16 (median of {args.trials})", f"{seed_ips:.0f} img/s"),
-                (f"pipeline `seed` preset, batch 16, {a['pipeline_precision']} (median of {args.trials})",
-                 f"{pipe_ips:.0f} img/s"),
-                ("ratio pipeline / seed code, images/s", f"**{a['ratio']:.2f}x**"),
-                ("pipeline data time, share of the epoch", f"{a['pipeline_data_fraction_of_epoch']:.1%}"),
-                ("seed epoch: pipeline / fp32 FLOP floor",
-                 f"{epoch_seconds:.1f} s / {floor_seconds:.1f} s (floor = {floor_seconds / epoch_seconds:.0%})"),
-            ]
-        rows.append(("Net FLOPs per image, forward / forward+backward",
-                     f"{fwd / 1e6:.2f} / {fwd_bwd / 1e6:.2f} MFLOP"))
-
-    # (e) end to end: what a user waits for
-    if "e2e" in parts:
+    if "seed" in parts:
         trials = []
-        for trial in range(args.e2e_trials):
-            trials.append(end_to_end_trial(args.archive, args.md5, root, work, args.e2e_epochs, trial))
+        for trial in range(args.trials):
+            trials.append(seed_trial(args.archive, args.md5, root, work, args.seed_epochs, trial))
             t = trials[-1]
-            print(f"e2e trial {trial}: blog script {t['blog_seconds']:.0f} s ({t['blog_accuracy']:.2%}), "
-                  f"pipeline CLI {t['pipeline_seconds']:.0f} s ({t['pipeline_accuracy']:.2%})", flush=True)
+            print(f"seed trial {trial}: blog script {t['blog_seconds']:.0f} s ({t['blog_accuracy']:.2%}, "
+                  f"{statistics.median(t['blog_images_per_second']):.0f} img/s), pipeline CLI "
+                  f"{t['pipeline_seconds']:.0f} s ({t['pipeline_accuracy']:.2%}, "
+                  f"{statistics.median(t['pipeline_images_per_second']):.0f} img/s)", flush=True)
+        blog_ips = statistics.median(x for t in trials for x in t["blog_images_per_second"])
+        pipe_ips = statistics.median(x for t in trials for x in t["pipeline_images_per_second"])
         blog = statistics.median(t["blog_seconds"] for t in trials)
         pipe = statistics.median(t["pipeline_seconds"] for t in trials)
-        results["e_end_to_end"] = {"epochs": args.e2e_epochs, "trials": trials, "median_blog_seconds": blog,
-                                   "median_pipeline_seconds": pipe, "ratio": blog / pipe}
-        rows += [(f"end to end, {args.e2e_epochs} epochs: blog script / pipeline CLI (wall)", f"{blog:.0f} s / {pipe:.0f} s"),
-                 ("ratio end to end (blog wall / pipeline wall)", f"**{blog / pipe:.2f}x**")]
+        results["seed"] = {"epochs": args.seed_epochs, "trials": trials, "median_blog_images_per_second": blog_ips,
+                           "median_pipeline_images_per_second": pipe_ips, "median_blog_seconds": blog,
+                           "median_pipeline_seconds": pipe, "ratio_images_per_second": pipe_ips / blog_ips,
+                           "ratio_end_to_end": blog / pipe}
+        steps = trials[0]["pipeline_task_seconds"]
+        rows += [
+            ("blog's script, batch 16, own process (median over epochs)", f"{blog_ips:.0f} img/s"),
+            (f"`cifar-pipeline run --preset seed`, own process, {trials[0]['pipeline_precision']}",
+             f"{pipe_ips:.0f} img/s"),
+            ("ratio, images/s over full epochs", f"**{pipe_ips / blog_ips:.2f}x**"),
+            (f"end to end, {args.seed_epochs} epochs: blog script / pipeline CLI (wall)", f"{blog:.0f} s / {pipe:.0f} s"),
+            ("ratio end to end (blog wall / pipeline wall)", f"**{blog / pipe:.2f}x**"),
+            ("accuracy: blog script / pipeline", f"{trials[0]['blog_accuracy']:.2%} / {trials[0]['pipeline_accuracy']:.2%}"),
+            ("pipeline flow steps (first trial)", ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())),
+        ]
 
-    # (c) the cpu preset, full length, on the real archive (its time budget is the flow's; here the 16 epochs)
+    if "floor" in parts:
+        fwd, fwd_bwd = seed_net_flops_per_image()
+        peak = statistics.median(matmul_peak_gflops() for _ in range(3))
+        floor_seconds = TRAIN_IMAGES * fwd_bwd / (peak * 1e9)
+        results["floor"] = {"matmul_peak_gflops": peak, "floor_epoch_seconds": floor_seconds,
+                            "seed_net_mflop_per_image": {"forward": fwd / 1e6, "forward_backward": fwd_bwd / 1e6}}
+        rows += [("fp32 matmul peak (2048^3, median)", f"{peak:.0f} GFLOP/s"),
+                 ("Net FLOPs per image, forward / forward+backward", f"{fwd / 1e6:.2f} / {fwd_bwd / 1e6:.2f} MFLOP")]
+        if "seed" in results:
+            epoch_seconds = TRAIN_IMAGES / results["seed"]["median_pipeline_images_per_second"]
+            rows.append(("seed epoch: pipeline / fp32 FLOP floor",
+                         f"{epoch_seconds:.1f} s / {floor_seconds:.1f} s (floor = {floor_seconds / epoch_seconds:.0%})"))
+
+    # the cpu preset, full length, on the real archive (its time budget is the flow's; here the 16 epochs)
     if "cpu" in parts:
         cfg = PipelineConfig(preset="cpu").resolved({})
         start = time.perf_counter()
         trained = train(cfg, dataset, work / "cpu-preset", progress=False)
         wall = time.perf_counter() - start
         evaluated = evaluate(cfg, trained, dataset, work / "cpu-preset")
-        c = results["c_cpu_preset"] = {
+        c = results["cpu"] = {
             "test_accuracy": evaluated.accuracy, "train_seconds": trained.train_seconds, "train_wall_seconds": wall,
             "eval_seconds": evaluated.seconds, "epochs": [e.model_dump() for e in trained.epochs],
             "precision": trained.precision,
-            "data_seconds_per_epoch": statistics.mean(e.data_seconds for e in trained.epochs),
-            "compute_seconds_per_epoch": statistics.mean(e.seconds - e.data_seconds for e in trained.epochs),
         }
         rows += [("`cpu` preset test accuracy", f"**{c['test_accuracy']:.2%}**"),
                  ("`cpu` preset training time", f"{c['train_seconds'] / 60:.1f} min (wall {wall / 60:.1f} min), "
-                                                f"{c['precision']}"),
-                 ("`cpu` preset per epoch: data / compute",
-                  f"{c['data_seconds_per_epoch']:.1f} s / {c['compute_seconds_per_epoch']:.1f} s")]
+                                                f"{c['precision']}")]
 
-    # (p) the budget's plan for the cpu preset on this machine
     if "budget" in parts:
         widths = [int(w) for w in args.budget_widths.split(",") if w.strip()] or [None]
-        results["p_budget"] = budget_plans(dataset, widths)
-        for p in results["p_budget"]:
-            rows.append((f"`cpu` preset, width {p['width']}: budget warm-up ({p['timed_steps']} steps) and plan",
-                         f"{p['seconds_per_epoch']:.1f} s/epoch: {p['planned_epochs']:g} of {p['configured_epochs']:g} "
-                         f"epochs in {p['budget_min']:g} min"))
+        results["budget"] = budget_plans(dataset, widths)
+        for p in results["budget"]:
+            rows.append((f"`cpu` preset, width {p['width']}: warm-up ({p['timed_steps']} steps) and plan",
+                         f"{p['seconds_per_epoch_early']:.1f} s/epoch while the whitening bias trains, "
+                         f"{p['seconds_per_epoch']:.1f} after: {p['planned_epochs']:g} epochs (at most "
+                         f"{p['max_epochs']:g}) in a predicted {p['predicted_seconds'] / 60:.1f} of {p['budget_min']:g} min"))
+
+    if "fixed" in parts:
+        results["fixed"] = fixed_cost.fixed_costs(args.archive, args.md5, work)
+        rows += fixed_cost.rows(results["fixed"])
+
+    if "frontier" in parts:
+        points = [frontier_point(args.archive, args.md5, Path(args.frontier_output), w, e, int(seed))
+                  for w, e in args.points for seed in args.seeds.split(",")]
+        results["frontier"] = points
+        for p in points:
+            rows.append((f"frontier: width {p['width']} x {p['epochs']:g} epochs, seed {p['seed']}"
+                         f"{' (cached)' if p['cached'] else ''}",
+                         f"{p['test_accuracy']:.2%}; training {p['train_minutes']:.1f} min, "
+                         f"{p['seconds_per_epoch_after_3']:.1f} s/epoch after epoch 3"))
+        rows.append(("budget_frontier entries", " ".join(f"{p['width']}x{p['epochs']:g}={100 * p['test_accuracy']:.2f}"
+                                                          for p in points)))
 
     print("\n| measurement | value |\n|---|---|")
     for name, value in rows:

@@ -8,6 +8,7 @@ that submits only `{"preset": "cpu"}` and one that spells out every field valida
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -109,13 +110,24 @@ class PipelineConfig(BaseModel):
     model: Opt(ModelName) = _field("train", "Network: seed_net (the blog's Net) or airnet (airbench-style).")
     width: Opt(int, ge=4, le=512) = _field("train", "airnet base width (64 = airbench94); seed_net ignores it.")
     # --- optimisation
+    # --- the time budget: how the run is planned, never what a planned run computes (outside every key)
     time_budget_min: Opt(float, ge=0, le=10080) = _field(
-        "train", "Training time budget in minutes: a measured warm-up decides how many epochs fit (0 = none: "
-        "train the configured epochs)."
+        "budget", "Training time budget in minutes: a measured warm-up decides the epochs (and, with "
+        "budget_widths, the width) so that training ends within it (0 = none: train the configured epochs)."
     )
     budget_widths: Opt(list[Annotated[int, Field(ge=4, le=512)]]) = _field(
-        "train", "With a time budget: airnet widths to choose from; the widest that keeps at least half the "
-        "configured epochs within the budget trains (empty: the width as set)."
+        "budget", "With a time budget: airnet widths to choose from (empty: the width as set). With "
+        "budget_frontier, the one predicted most accurate for the time trains; without, the widest that keeps "
+        "at least half the configured epochs."
+    )
+    max_epochs: Opt(float, ge=0, le=1000) = _field(
+        "budget", "With a time budget: the most epochs a plan may grow to when the budget allows more than "
+        "the configured epochs (0 = the configured epochs: the budget only shrinks a run)."
+    )
+    budget_frontier: Opt(list[tuple[Annotated[int, Field(ge=4, le=512)], Annotated[float, Field(gt=0, le=1000)],
+                                    Annotated[float, Field(gt=0, le=100)]]]) = _field(
+        "budget", "Measured test accuracy in percent of this recipe per width and epochs, as WIDTHxEPOCHS=ACCURACY "
+        "(e.g. 64x16=91.52); the plan picks the width and epochs these predict most accurate for the budget."
     )
     optimizer: Opt(Literal["sgd", "muon"]) = _field(
         "train", "sgd: SGD for every weight; muon: Muon for conv filters, SGD for biases and the head."
@@ -209,6 +221,15 @@ class PipelineConfig(BaseModel):
             value = [int(part) for part in value.replace(",", " ").split()]
         return value
 
+    @field_validator("budget_frontier", mode="before")
+    @classmethod
+    def _parse_frontier(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(",", " ").split()]
+        if isinstance(value, list):
+            value = [_frontier_point(v) if isinstance(v, str) else v for v in value]
+        return value
+
     @field_validator("md5", mode="before")
     @classmethod
     def _lower_md5(cls, value: Any) -> Any:
@@ -257,6 +278,14 @@ class PipelineConfig(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """Fields set explicitly (not from the preset): shown in the report."""
         return self.model_dump(exclude_none=True, exclude={"preset"})
+
+
+def _frontier_point(text: str) -> tuple[str, str, str]:
+    """ "64x16=91.52" -> ("64", "16", "91.52"): pydantic then checks the numbers' ranges."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*([\d.]+)\s*=\s*([\d.]+)\s*%?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not WIDTHxEPOCHS=ACCURACY, e.g. 64x16=91.52")
+    return match.groups()
 
 
 def validate_config(data: Mapping[str, Any]) -> PipelineConfig:

@@ -46,6 +46,8 @@ def _option_kwargs(name: str, annotation: Any, description: str) -> dict[str, An
         return {"choices": list(typing.get_args(base)), "help": description}
     if origin is list and typing.get_origin(typing.get_args(base)[0]) is typing.Annotated:  # numbers
         return {"type": str, "metavar": "N,N,...", "help": description + " Comma-separated; \"\" for none."}
+    if origin is list and typing.get_origin(typing.get_args(base)[0]) is tuple:  # budget_frontier
+        return {"type": str, "metavar": "WxE=ACC,...", "help": description + " Comma-separated; \"\" for none."}
     if origin is list:
         metavar = "DIR" if name == "extra_data" else "URL_OR_PATH"
         return {"action": "append", "metavar": metavar, "help": description + " May repeat."}
@@ -331,6 +333,14 @@ def _run_flow(flow_fn: Any, **params: Any) -> tuple[int, Any]:
     return _fail(reason, 1, state=state.name), None
 
 
+def _find_local_server() -> None:
+    from flows.local_server import use_background_server
+
+    if url := use_background_server():
+        print(f"using the local Prefect server at {url} (started with `prefect server start --background`; "
+              "`prefect server stop` ends it)", file=sys.stderr)
+
+
 def run(config: PipelineConfig) -> int:
     from flows.pipeline import cifar_pipeline
 
@@ -371,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, preset in PRESETS.items():
             print(f"{name:8} {preset.get('description', '')}")
         return 0
+    if ns.command in ("run", "doctor", "sweep", "serve"):
+        _find_local_server()
     if ns.command == "serve":
         return serve(ns.limit)
     if ns.command == "predict":

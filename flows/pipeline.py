@@ -41,6 +41,7 @@ class RunSummary(BaseModel):
     run_dir: str
     tasks: dict[str, str]
     seconds: float
+    task_seconds: dict[str, float] = {}  # where the flow's time went, step by step
     unchanged: bool = False  # same data, config and code as an earlier run: nothing was trained
     note: str = ""
 
@@ -108,7 +109,8 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         test_accuracy=evaluated.accuracy,
         promoted=decision.promoted, champion_accuracy=decision.champion_accuracy,
         report=report.path, checkpoint=trained.checkpoint, run_dir=str(run_dir), tasks=steps.states,
-        seconds=time.perf_counter() - t0, unchanged=unchanged, note=note,
+        seconds=time.perf_counter() - t0, task_seconds={k: round(v, 3) for k, v in steps.seconds.items()},
+        unchanged=unchanged, note=note,
     )
     atomic_write_json(run_dir / "summary.json", summary.model_dump())
     logger.info("test accuracy %.2f%%; report at %s", 100 * evaluated.accuracy, report.path)

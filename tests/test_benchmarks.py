@@ -7,11 +7,13 @@ import pytest
 
 from benchmarks.cpu_benchmark import (
     budget_plans,
-    end_to_end_trial,
+    frontier_point,
     machine_header,
     matmul_peak_gflops,
     parse_parts,
+    parse_points,
     seed_net_flops_per_image,
+    seed_trial,
 )
 from benchmarks.seed_code import blog_run, train_images_per_second
 from cifar_pipeline.data.dataset import extract_archive
@@ -20,7 +22,8 @@ from cifar_pipeline.data.dataset import extract_archive
 def test_seed_code_path_trains_from_a_rebuilt_archive(tiny_archive, tmp_path):
     extract_archive(tiny_archive[0], tmp_path)
     assert train_images_per_second(str(tmp_path), 64) > 0
-    assert 0 <= blog_run(str(tmp_path), epochs=1) <= 1
+    blog = blog_run(str(tmp_path), epochs=1)
+    assert 0 <= blog["test_accuracy"] <= 1 and len(blog["epoch_seconds"]) == 1 and blog["images_per_second"][0] > 0
 
 
 def test_flop_count_matches_the_net():
@@ -31,7 +34,10 @@ def test_flop_count_matches_the_net():
 
 
 def test_parts_are_checked_and_the_header_names_the_cpu_class():
-    assert parse_parts("seed, e2e") == ["seed", "e2e"]
+    assert parse_parts("seed, fixed") == ["seed", "fixed"]
+    assert parse_points("64x16, 96x12.5") == [(64, 16.0), (96, 12.5)]
+    with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxEPOCHS"):
+        parse_points("64-16")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown part"):
         parse_parts("seed,warp")
     header = machine_header()
@@ -40,12 +46,24 @@ def test_parts_are_checked_and_the_header_names_the_cpu_class():
 
 
 @pytest.mark.slow
-def test_end_to_end_trial_times_the_blog_script_and_the_cli(tiny_archive, tmp_path):
+def test_seed_trial_runs_both_sides_as_their_own_processes(tiny_archive, tmp_path):
     path, md5 = tiny_archive
     extract_archive(path, tmp_path / "tv")
-    trial = end_to_end_trial(str(path), md5, tmp_path / "tv", tmp_path, epochs=1, trial=0)
-    assert trial["blog_seconds"] > 0 and trial["pipeline_seconds"] > trial["pipeline_task_seconds"] > 0
+    trial = seed_trial(str(path), md5, tmp_path / "tv", tmp_path, epochs=1, trial=0)
+    assert trial["blog_seconds"] > 0 and trial["pipeline_seconds"] > trial["pipeline_flow_seconds"] > 0
     assert 0 <= trial["blog_accuracy"] <= 1 and 0 <= trial["pipeline_accuracy"] <= 1
+    assert len(trial["blog_images_per_second"]) == 1 and len(trial["pipeline_images_per_second"]) == 1
+    assert "train" in trial["pipeline_task_seconds"]
+
+
+@pytest.mark.slow
+def test_frontier_point_trains_at_fixed_epochs_and_is_cached_the_second_time(tiny_archive, tmp_path):
+    path, md5 = tiny_archive
+    small = ("--batch-size", "32", "--precision", "fp32")
+    first = frontier_point(str(path), md5, tmp_path / "out", width=8, epochs=1, seed=0, extra=small)
+    assert first["width"] == 8 and 0 <= first["test_accuracy"] <= 1 and not first["cached"]
+    again = frontier_point(str(path), md5, tmp_path / "out", width=8, epochs=1, seed=0, extra=small)
+    assert again["cached"] and again["test_accuracy"] == first["test_accuracy"]
 
 
 def test_budget_part_plans_the_cpu_preset_per_width(tiny_dataset):
@@ -53,8 +71,9 @@ def test_budget_part_plans_the_cpu_preset_per_width(tiny_dataset):
     plans = budget_plans(record, [8, 16], batch_size=32, precision="fp32")
     assert [p["width"] for p in plans] == [8, 16]
     for p in plans:
-        assert p["seconds_per_epoch"] > 0 and p["timed_steps"] >= 1 and p["budget_min"] == 15
-        assert p["planned_epochs"] == p["configured_epochs"]  # a tiny dataset fits any budget
+        assert p["seconds_per_epoch"] > 0 and p["seconds_per_epoch_early"] > 0 and p["timed_steps"] >= 6
+        assert p["budget_min"] == 15
+        assert p["planned_epochs"] == p["max_epochs"]  # a tiny dataset fits any budget, up to the cap
 
 
 def test_port_check_sides_run_on_the_tiny_archive(tiny_dataset, tmp_path):
@@ -81,3 +100,18 @@ def test_profiling_script_compares_options(capsys):
     compare(steps=2, rounds=1)
     out = capsys.readouterr().out
     assert "channels_last, 1 thread" in out and "contiguous" in out and "half batch" in out
+
+
+@pytest.mark.slow
+def test_fixed_cost_part_measures_each_figure_beside_its_reference(tiny_archive, tmp_path):
+    from benchmarks.fixed_cost import fixed_costs, rows
+
+    path, md5 = tiny_archive
+    out = fixed_costs(str(path), md5, tmp_path, repeats=1)
+    for name in ("import torch", "cifar-pipeline --help", "empty flow run (temporary server)",
+                 "smoke, cached rerun (temporary server)", "smoke, cached rerun (local server)",
+                 "smoke, command to first training step (local server)"):
+        assert out[name] > 0, name
+    assert "train" in out["smoke, first run: flow steps (s)"]
+    table = dict(rows(out))
+    assert "x**" in table["`--preset smoke`, cached rerun / empty flow run (target <= 2x)"]

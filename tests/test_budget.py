@@ -1,10 +1,14 @@
-"""The time-budget planner with the measurement injected: rounding, caching, what it records."""
+"""The time-budget planner with the measurement injected: rounding, caching, the width and epochs chosen."""
+
+import math
 
 import pytest
 
-from cifar_pipeline.config import PipelineConfig
+from cifar_pipeline.config import PipelineConfig, validate_config
 from cifar_pipeline.errors import ConfigError
-from cifar_pipeline.training.budget import BudgetPlan, measure_steps, plan_epochs, plan_training, planned_config
+from cifar_pipeline.training.budget import (BudgetPlan, Measurement, Speed, measure_steps, plan_epochs, plan_training,
+                                            planned_config, training_seconds)
+from cifar_pipeline.training.frontier import best_possible, predict
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.training.loop import training_key
 
@@ -13,30 +17,46 @@ MACHINE = "AMD EPYC 7B12 | AVX2 | bf16=False | 2 threads"
 DATA = DatasetRecord(path="/nowhere", sha256="d" * 64, archive_md5="m" * 32, n_train=0, n_test=0, classes=[])
 
 
+def per_epoch(seconds: float):
+    return lambda epochs: seconds * epochs
+
+
 @pytest.mark.parametrize(("budget_min", "seconds_per_epoch", "expected"), [
-    (15, 55, 16),     # 16.4 epochs fit: capped at the configured 16
-    (15, 57, 14),     # 15.8 fit: down to a multiple of 2
-    (15, 204, 4),     # AVX2, fp32: 4.4 fit
-    (15, 500, 1),     # 1.8 fit: fewer than 2, one epoch
-    (15, 900, 1),     # exactly one
+    (15, 54, 16),     # 16 epochs take 864 s, within 97 % of 900 s: the cap
+    (15, 55, 15.5),   # 16 would take 880 s, past 873: down to a half epoch
+    (15, 204, 4),     # AVX2, fp32: 4.28 fit
+    (15, 500, 1.5),   # 1.75 fit
+    (15, 873, 1),     # exactly one
 ])
-def test_epochs_round_down_to_a_coarse_step_and_cap_at_the_configured(budget_min, seconds_per_epoch, expected):
-    assert plan_epochs(budget_min, 16, seconds_per_epoch) == expected
+def test_epochs_fill_the_budget_in_half_epochs_up_to_the_cap(budget_min, seconds_per_epoch, expected):
+    assert plan_epochs(budget_min, 16, per_epoch(seconds_per_epoch)) == expected
 
 
-def test_fractional_configured_epochs_are_kept_when_they_fit():
-    assert plan_epochs(60, 9.9, 60) == 9.9
-    assert plan_epochs(9, 9.9, 60) == 8
+def test_fractional_caps_are_kept_when_they_fit():
+    assert plan_epochs(60, 9.9, per_epoch(60)) == 9.9
+    assert plan_epochs(9, 9.9, per_epoch(60)) == 8.5
 
 
 def test_less_than_one_epoch_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"time_budget_min 2 is too short: one epoch takes about 3.4 min"):
-        plan_epochs(2, 16, 204)
+        plan_epochs(2, 16, per_epoch(204))
+
+
+def test_the_early_epochs_are_planned_at_their_own_speed():
+    # 25 steps per epoch, 2.2 s per step while the whitening bias trains (3 epochs), 2.0 s after.
+    measured = Measurement(machine=MACHINE, seconds_per_step=2.0, seconds_per_step_early=2.2, early_epochs=3,
+                           steps_per_epoch=25, timed_steps=8, measured_at="now")
+    assert training_seconds(measured, 2, 25) == pytest.approx(50 * 2.2)
+    assert training_seconds(measured, 16, 25) == pytest.approx(75 * 2.2 + 325 * 2.0)
+    assert training_seconds(measured, 16.5, 25) == pytest.approx(75 * 2.2 + 338 * 2.0)  # ceil of 412.5 steps
+    # Planned with a single speed (the early one), the run would get 15.5 epochs; at its two speeds, 17.
+    assert plan_epochs(15, 64, lambda e: training_seconds(measured, e, 25)) == 17
 
 
 def _cfg(**kw):
-    """The cpu preset with one width unless a test gives budget_widths."""
-    return PipelineConfig(preset="cpu", **{"budget_widths": [], **kw}).resolved({})
+    """The cpu preset with one width, no frontier and no growth past its epochs unless a test gives them."""
+    return PipelineConfig(preset="cpu", **{"budget_widths": [], "budget_frontier": [], "max_epochs": 0, **kw}
+                          ).resolved({})
 
 
 def test_measurement_is_cached_per_machine_and_config(tmp_path):
@@ -44,15 +64,15 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
 
     def measure(cfg):
         calls.append(1)
-        return 8.0, 25, 3  # 200 s per epoch
+        return Speed(8.0, 8.0, 25, 3)  # 200 s per epoch
 
     first = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=50000)
     assert (first.planned_epochs, first.seconds_per_epoch, first.cached) == (4, 200, False)
-    assert first.images_per_second == 250
+    assert first.images_per_second == 250 and first.predicted_seconds == 800
     again = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=50000)
     assert again.cached and again.planned_epochs == 4 and len(calls) == 1
     # The budget and the epochs do not change a step's speed: still the same measurement.
-    assert plan_training(_cfg(time_budget_min=30, epochs=12), "md5", tmp_path, MACHINE, measure,
+    assert plan_training(_cfg(time_budget_min=30, epochs=12, max_epochs=40), "md5", tmp_path, MACHINE, measure,
                          train_images=50000).cached
     # Another machine, another width or other data: measured again.
     plan_training(_cfg(), "md5", tmp_path, MACHINE.replace("2 threads", "4 threads"), measure, train_images=50000)
@@ -64,14 +84,30 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
     assert grown.cached and (grown.seconds_per_epoch, grown.planned_epochs) == (400, 2)
 
 
+def test_a_larger_budget_grows_the_run_up_to_max_epochs(tmp_path):
+    def measure(cfg):
+        return Speed(2.0, 2.0, 25, 3)  # 50 s per epoch
+
+    shrink_only = plan_training(_cfg(time_budget_min=60, max_epochs=0), "md5", tmp_path, MACHINE, measure,
+                                train_images=50000)
+    assert shrink_only.planned_epochs == 16 and "the configured epochs" in shrink_only.summary()
+    grown = plan_training(_cfg(time_budget_min=30, max_epochs=48), "md5", tmp_path, MACHINE, measure,
+                          train_images=50000)
+    assert grown.planned_epochs == 34.5 and "grown from the configured 16, at most 48" in grown.summary()
+    capped = plan_training(_cfg(time_budget_min=60, max_epochs=48), "md5", tmp_path, MACHINE, measure,
+                           train_images=50000)
+    assert capped.planned_epochs == 48
+    assert planned_config(_cfg(), grown).epochs == 34.5
+
+
 def _by_width(seconds_per_epoch: dict[int, float], calls: list[int]):
     def measure(cfg):
         calls.append(cfg.width)
-        return seconds_per_epoch[cfg.width] / 25, 25, 3
+        return Speed(seconds_per_epoch[cfg.width] / 25, seconds_per_epoch[cfg.width] / 25, 25, 3)
     return measure
 
 
-def test_the_widest_width_keeping_half_the_epochs_trains(tmp_path):
+def test_without_a_frontier_the_widest_width_keeping_half_the_epochs_trains(tmp_path):
     cfg = _cfg(epochs=16, budget_widths=[48, 64, 32])  # any order: widest first
     calls = []
     # AVX-512 BF16: the widest fits all 16 epochs and is the only one measured.
@@ -79,30 +115,94 @@ def test_the_widest_width_keeping_half_the_epochs_trains(tmp_path):
                          train_images=50000)
     assert (fast.width, fast.planned_epochs, calls) == (64, 16, [64])
     assert "at width 64" in fast.summary() and fast.width_note() == ""
-    # AVX2: 64 leaves 2 epochs, 48 leaves 4 (under half of 16), 32 leaves 8: width 32.
+    # AVX2: 64 leaves 2 epochs, 48 leaves 4 (under half of 16), 32 leaves 7.5: width 32.
     calls.clear()
     slow = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 400, 48: 200, 32: 110}, calls),
                          train_images=50000)
-    assert (slow.width, slow.planned_epochs, calls) == (32, 8, [64, 48, 32])
-    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2), (48, 4), (32, 8)]
+    assert (slow.width, slow.planned_epochs, calls) == (32, 7.5, [64, 48, 32])
+    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2), (48, 4), (32, 7.5)]
     assert "Width 32 chosen from width 64: 400 s/epoch, 2 epochs" in slow.width_note()
+    assert "the widest keeping at least 50%" in slow.width_note()
     planned = planned_config(cfg, slow)
-    assert (planned.width, planned.epochs) == (32, 8)
+    assert (planned.width, planned.epochs) == (32, 7.5)
     assert training_key(planned, DATA) != training_key(planned_config(cfg, fast), DATA)
     # Rerun on the same machine: every measurement reused, the same choice.
     calls.clear()
     again = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 1, 48: 1, 32: 1}, calls),
                           train_images=50000)
-    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 8, True, [])
+    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 7.5, True, [])
 
 
 def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path):
     cfg = _cfg(epochs=16, budget_widths=[64, 32])
     plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 1200, 32: 300}, []), train_images=50000)
-    assert (plan.width, plan.planned_epochs) == (32, 2)
+    assert (plan.width, plan.planned_epochs) == (32, 2.5)
     too_slow = _by_width({64: 4000, 32: 2000}, [])
     with pytest.raises(ConfigError, match="one epoch takes about 33.3 min"):
         plan_training(cfg, "md5", tmp_path / "x", MACHINE, too_slow, train_images=50000)
+
+
+FRONTIER = [(128, 12, 92.4), (96, 10, 91.6), (96, 20, 92.5), (64, 4, 88.4), (64, 16, 91.5), (64, 32, 92.0),
+            (32, 8, 88.2), (32, 14, 89.4)]
+
+
+def test_the_frontier_picks_the_point_predicted_most_accurate_for_the_time(tmp_path):
+    cfg = _cfg(epochs=16, max_epochs=48, budget_widths=[128, 96, 64, 32], budget_frontier=FRONTIER)
+    speeds = {128: 200, 96: 110, 64: 50, 32: 20}
+    calls = []
+    # 15 min: 128 fits 4 epochs (not covered), 96 fits 7.5 (not covered), 64 fits 17 (91.6 %); 32 could reach
+    # at most 89.4 %: never measured.
+    short = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width(speeds, calls), train_images=50000)
+    assert (short.width, short.planned_epochs) == (64, 17)
+    assert short.predicted_accuracy == pytest.approx(91.5 + (92.0 - 91.5) * math.log(17 / 16) / math.log(2))
+    assert sorted(calls) == [64, 96, 128]
+    assert "the most accurate for the time by the measured frontier" in short.width_note()
+    assert "width 96: 110 s/epoch, 7.5 epochs" in short.width_note()
+    # 60 min: 96 fits 31.5 epochs (92.5 %, flat past its 20); 128 could reach at most 92.4 %: not measured.
+    calls.clear()
+    long = plan_training(cfg.model_copy(update={"time_budget_min": 60.0}), "md5", tmp_path, MACHINE,
+                         _by_width(speeds, calls), train_images=50000)
+    assert (long.width, long.planned_epochs, long.predicted_accuracy) == (96, 31.5, 92.5)
+    assert calls == []  # every width measured before: reused
+    # An AVX2 machine, 4x slower: 64 fits 4 epochs (88.4 %), 32 fits 10.5 (88.78 %): the narrower, longer run.
+    calls.clear()
+    slow = plan_training(cfg, "md5", tmp_path / "avx2", MACHINE, _by_width({w: 4 * s for w, s in speeds.items()},
+                                                                             calls), train_images=50000)
+    assert (slow.width, slow.planned_epochs, calls) == (32, 10.5, [96, 128, 64, 32])
+    assert slow.predicted_accuracy == pytest.approx(88.2 + 1.2 * math.log(10.5 / 8) / math.log(14 / 8))
+
+
+def test_widths_that_cannot_beat_the_best_so_far_are_not_measured(tmp_path):
+    cfg = _cfg(epochs=16, max_epochs=48, budget_widths=[128, 96, 64, 32], budget_frontier=FRONTIER)
+    calls = []
+    # A fast machine, 60 min: 96 fits the 48 epochs of the cap (92.5 %); 128 could reach at most 92.4 %,
+    # 64 92.0 % and 32 89.4 %: none of them is measured.
+    plan = plan_training(cfg.model_copy(update={"time_budget_min": 60.0}), "md5", tmp_path, MACHINE,
+                         _by_width({128: 75, 96: 40, 64: 20, 32: 10}, calls), train_images=50000)
+    assert calls == [96] and (plan.width, plan.planned_epochs) == (96, 48)
+
+
+def test_a_frontier_covering_no_width_falls_back_to_the_widest_rule(tmp_path):
+    cfg = _cfg(epochs=16, budget_widths=[64, 32], budget_frontier=[(128, 12, 92.4)])
+    plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 45, 32: 15}, []), train_images=50000)
+    assert (plan.width, plan.planned_epochs, plan.predicted_accuracy) == (64, 16, None)
+
+
+def test_frontier_prediction_interpolates_in_log_epochs_and_never_extrapolates():
+    points = [(64, 8, 90.0), (64, 16, 91.0), (64, 16, 91.2), (64, 32, 92.0)]
+    assert predict(points, 64, 16) == pytest.approx(91.1)  # seeds averaged
+    assert predict(points, 64, 8 * 2 ** 0.5) == pytest.approx(90.55)
+    assert predict(points, 64, 64) == pytest.approx(92.0)  # flat past the longest run
+    assert predict(points, 64, 6) is None and predict(points, 96, 16) is None
+    assert best_possible(points, 64, 20) == pytest.approx(predict(points, 64, 20))
+    assert best_possible(points, 64, 4) is None
+
+
+def test_the_frontier_is_given_as_width_x_epochs_equals_accuracy():
+    cfg = PipelineConfig(preset="cpu", budget_frontier="64x16=91.5, 96x12=92").resolved({})
+    assert cfg.budget_frontier == [(64, 16.0, 91.5), (96, 12.0, 92.0)]
+    with pytest.raises(ConfigError, match="budget_frontier"):
+        validate_config({"preset": "cpu", "budget_frontier": ["64-16"]})
 
 
 def test_a_width_asked_for_turns_the_width_choice_off():
@@ -129,8 +229,10 @@ def test_planned_config_trains_the_planned_epochs_under_its_own_key():
 def test_the_real_measurement_times_real_steps(tiny_dataset):
     record, _ = tiny_dataset
     cfg = _cfg(batch_size=32, width=8)
-    seconds_per_step, steps_per_epoch, timed = measure_steps(cfg, record)
-    assert seconds_per_step > 0 and steps_per_epoch == 200 // 32 and 1 <= timed <= steps_per_epoch
+    speed = measure_steps(cfg, record)
+    assert speed.seconds_per_step > 0 and speed.seconds_per_step_early > 0 and speed.steps_per_epoch == 200 // 32
+    # Both phases timed, each past its warm-up; a 6-step epoch runs on into the next.
+    assert speed.timed_steps >= 6
 
 
 @pytest.mark.slow
@@ -147,21 +249,38 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     first = cifar_pipeline(config=config)
     assert first.tasks["plan-budget"] == "Completed" and first.tasks["train"] == "Completed"
     report = Path(first.report).read_text()
-    assert "**Time budget:** 1000 min" in report and "ran 5 of the configured 5 epochs" in report
+    assert "**Time budget:** 1000 min" in report and "ran 5 epochs (the configured epochs)" in report
     assert "**CPU:**" in report
 
-    # This machine, made slow: 25,000 s per epoch leave 2 epochs in 1000 minutes.
+    # This machine, made slow: 25,000 s per epoch leave 2 epochs in 1000 minutes (2.5 would take 103 %).
     (measurement,) = (tmp_path / "cache" / "budget").glob("*/record.json")
     envelope = json.loads(measurement.read_text())
     stored = envelope["record"]
-    envelope["record"] = {**stored, "seconds_per_step": 25000 / stored["steps_per_epoch"]}
+    slow_step = 25000 / stored["steps_per_epoch"]
+    envelope["record"] = {**stored, "seconds_per_step": slow_step, "seconds_per_step_early": slow_step}
     measurement.write_text(json.dumps(envelope))
     slow = cifar_pipeline(config=config)
     assert slow.tasks["train"] == "Completed"
     report = Path(slow.report).read_text()
-    assert "ran 2 of the configured 5 epochs" in report and "reused" in report
+    assert "ran 2 epochs (of the configured 5)" in report and "reused" in report
     assert "trained for 2 epochs" in report
 
     nightly = cifar_pipeline(config=config)
     assert nightly.tasks["train"] == "Cached" and nightly.tasks["evaluate"] == "Cached"
     assert nightly.test_accuracy == slow.test_accuracy
+
+
+@pytest.mark.parametrize(("speeds", "expected"), [
+    # The budget warm-up's seconds per epoch measured on the Intel AVX-512 BF16 machine (RESULTS.md):
+    # width 64 grows past its 16 epochs to use the 15 minutes.
+    ({64: 40.1, 48: 28.8, 32: 18.2}, (64, 21.5, [64])),
+    # Emulated AVX2 (fp32): 64 fits 4.5 epochs, 48 7.5, 32 14: the narrow, long run is predicted best.
+    ({64: 185.9, 48: 113.4, 32: 61.6}, (32, 14, [64, 48, 32])),
+])
+def test_the_cpu_presets_own_frontier_on_measured_speeds(tmp_path, speeds, expected):
+    cfg = PipelineConfig(preset="cpu").resolved({})
+    assert cfg.budget_frontier and cfg.max_epochs > cfg.epochs
+    calls = []
+    plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width(speeds, calls), train_images=50000)
+    assert (plan.width, plan.planned_epochs, calls) == expected
+    assert plan.predicted_seconds <= 0.97 * 15 * 60 and plan.predicted_accuracy is not None

@@ -67,7 +67,7 @@ def test_trials_hold_out_validation_images_and_keep_their_width():
     from cifar_pipeline.sweep.study import sweep_config
 
     cfg = sweep_config(PipelineConfig(preset="cpu", budget_widths=[64, 32]).resolved({}))
-    assert cfg.validation_images == 5000 and cfg.budget_widths == []
+    assert cfg.validation_images == 5000 and cfg.budget_widths == [] and cfg.max_epochs == 0
     assert cfg.width == PipelineConfig(preset="cpu").resolved({}).width
     assert sweep_config(cfg) is cfg
 

@@ -164,8 +164,10 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
         lines.append(f"**Time budget:** {budget.budget_min:g} min. A warm-up measured {budget.seconds_per_epoch:.1f} s "
                      f"per epoch ({budget.images_per_second:.0f} images/s"
                      f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
-                     f"ran {budget.planned_epochs:g} of the configured {budget.configured_epochs:g} epochs"
-                     f"{f' at width {budget.width}' if budget.width is not None else ''}.")
+                     f"ran {budget.planned_epochs:g} epochs ({budget.epochs_note()})"
+                     f"{f' at width {budget.width}' if budget.width is not None else ''}, planned to take "
+                     f"{budget.predicted_seconds / 60:.1f} min; it took {trained.wall_seconds / 60:.1f} min "
+                     f"({trained.wall_seconds / (budget.budget_min * 60):.0%} of the budget).")
         if note := budget.width_note():
             lines[-1] += " " + note
     cpu = trained.cpu_settings

@@ -60,12 +60,13 @@ def storage_url(options: SweepOptions, cfg: PipelineConfig) -> str:
 
 
 def sweep_config(cfg: PipelineConfig) -> PipelineConfig:
-    """A resolved config with a validation split (sweeps select on it, never on the test set) and a fixed
-    width: trials compare the width they were given, so a time budget may cut epochs but never swap it."""
-    if cfg.validation_images and not cfg.budget_widths:
+    """A resolved config with a validation split (sweeps select on it, never on the test set), a fixed
+    width and no growth: trials compare what they were given, so a time budget may cut epochs but never
+    swap the width or add epochs."""
+    if cfg.validation_images and not cfg.budget_widths and not cfg.max_epochs:
         return cfg
     n_train = cfg.train_subset or 50000
-    return validate_config({**cfg.model_dump(), "budget_widths": [],
+    return validate_config({**cfg.model_dump(), "budget_widths": [], "max_epochs": 0.0,
                             "validation_images": cfg.validation_images or min(SWEEP_VALIDATION_IMAGES, n_train // 5)})
 
 

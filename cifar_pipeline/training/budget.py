@@ -1,12 +1,18 @@
-"""A training time budget that holds on any machine: measure a few real steps, then plan the epochs.
+"""A training time budget that holds on any machine: measure real steps, then plan the run to the minute.
 
-The same configuration runs 55 s per epoch on an AVX-512 BF16 CPU and 3.4 min on an AVX2 one, so a
-fixed epoch count cannot promise a wall time. Before training, `plan_training` times a few steps of
-the real model, optimizer and batch on the real device, and `plan_epochs` turns the measured speed
-into epochs: rounded down to a multiple of EPOCH_STEP so that the noise of one machine does not
-change the answer from night to night, and capped at the configured epochs. The measurement is
-kept per machine and configuration, so an unchanged nightly run measures once and then reuses it
-(and its training stays a cache hit).
+The same configuration runs 52 s per epoch on one AVX-512 BF16 CPU and 3.4 min on an AVX2 one, so a
+fixed epoch count cannot promise a wall time. Before training, `plan_training` times real steps of the
+model, optimizer and batch on the real device (`measure_steps`), in both phases a run goes through:
+while airnet's whitening bias trains (the first `whiten_bias_epochs`, slower) and after. The plan then
+takes the most epochs whose predicted training time stays within TARGET_SHARE of the budget, in steps
+of EPOCH_STEP, up to `max_epochs` (or the configured epochs: a budget alone only shrinks a run).
+
+Given `budget_widths`, each width is measured and planned so; with a `budget_frontier` (measured
+accuracy per width and epochs, cifar_pipeline/training/frontier.py) the width whose planned epochs are
+predicted most accurate trains, otherwise the widest keeping MIN_EPOCH_SHARE of the configured epochs.
+
+Measurements are a stage keyed by machine and configuration, so an unchanged nightly run measures
+once, then plans the same epochs every night (and its training stays a cache hit).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel
@@ -24,92 +31,143 @@ from pydantic import BaseModel
 from ..config import PipelineConfig
 from ..errors import ConfigError
 from ..stage import Stage, StageRecord
+from . import frontier
 
 log = logging.getLogger(__name__)
 
-EPOCH_STEP = 2  # planned epochs are a multiple of this (or 1, when fewer than EPOCH_STEP fit)
-# With budget_widths, the widest width that keeps at least this share of the configured epochs trains:
-# at a fixed budget a narrower net for more epochs beat a wider one cut short (benchmarks/RESULTS.md).
+# Planned training ends by this share of the budget, so that epochs running a little slower than their
+# warm-up steps stay inside it (a Zen 4 EPYC's run ended at 91 %, its later epochs 9 % faster than
+# timed; benchmarks/RESULTS.md).
+TARGET_SHARE = 0.97
+EPOCH_STEP = 0.5  # planned epochs are a multiple of this: half an epoch of 16 is 3 % of the budget
+# Without a frontier, the widest width that keeps at least this share of the configured epochs trains.
 MIN_EPOCH_SHARE = 0.5
-WARMUP_STEPS = 2  # untimed: first-call allocations and kernel selection
+WARMUP_STEPS = 2  # untimed, in each phase: first-call allocations and kernel selection
 MIN_TIMED_STEPS = 3
-MIN_TIMED_SECONDS = 3.0
+MIN_TIMED_SECONDS = 6.0  # per phase: a few steps of a fresh process run slower than an epoch's average
 MAX_TIMED_STEPS = 50
+
+
+class Speed(NamedTuple):
+    """What the warm-up measures: seconds per step in each phase, the steps of an epoch, steps timed."""
+
+    seconds_per_step: float  # after the whitening bias stops training: most of a run
+    seconds_per_step_early: float  # while it trains (the first whiten_bias_epochs); = the above without it
+    steps_per_epoch: int
+    timed_steps: int
 
 
 class Measurement(StageRecord):
     machine: str
     seconds_per_step: float
+    seconds_per_step_early: float
+    early_epochs: int  # whiten_bias_epochs of the measured config
     steps_per_epoch: int
     timed_steps: int
     measured_at: str
 
-    @property
-    def seconds_per_epoch(self) -> float:
-        return self.seconds_per_step * self.steps_per_epoch
+
+def training_seconds(measured: Measurement, epochs: float, steps_per_epoch: int) -> float:
+    """Predicted training time of `epochs` epochs of `steps_per_epoch` steps on the measured machine."""
+    steps = math.ceil(steps_per_epoch * epochs)
+    early = min(steps, measured.early_epochs * steps_per_epoch)
+    return early * measured.seconds_per_step_early + (steps - early) * measured.seconds_per_step
 
 
 class WidthOption(BaseModel):
     width: int
     seconds_per_epoch: float
     epochs: float  # 0: not even one epoch fits
+    predicted_accuracy: float | None = None  # % from the frontier; None: nothing measured covers it
 
 
 class BudgetPlan(BaseModel):
     budget_min: float
     configured_epochs: float
     planned_epochs: float
-    seconds_per_epoch: float  # measured
+    seconds_per_epoch: float  # measured, after the whitening bias stops training
     images_per_second: float
     machine: str
     cached: bool  # the measurement came from an earlier run on this machine
     measured_at: str
+    predicted_seconds: float = 0.0  # training time the plan expects for the planned epochs
+    max_epochs: float = 0.0  # the cap the plan could grow to
     width: int | None = None  # chosen from budget_widths; None: the width as configured
+    predicted_accuracy: float | None = None  # % from the frontier, when it covers the choice
     options: list[WidthOption] = []  # the widths measured, widest first
 
     def summary(self) -> str:
-        capped = " (the configured epochs)" if self.planned_epochs == self.configured_epochs else ""
         width = f" at width {self.width}" if self.width is not None else ""
+        predicted = f", predicted {self.predicted_accuracy:.2f} %" if self.predicted_accuracy is not None else ""
         return (f"time budget {self.budget_min:g} min: measured {self.seconds_per_epoch:.1f} s/epoch "
                 f"({self.images_per_second:.0f} img/s{', cached' if self.cached else ''}) on {self.machine}; "
-                f"trains {self.planned_epochs:g} epochs{width}{capped}")
+                f"trains {self.planned_epochs:g} epochs{width} ({self.epochs_note()}) in a predicted "
+                f"{self.predicted_seconds / 60:.1f} min{predicted}")
+
+    def epochs_note(self) -> str:
+        if self.planned_epochs > self.configured_epochs:
+            return f"grown from the configured {self.configured_epochs:g}, at most {self.max_epochs:g}"
+        if self.planned_epochs == self.configured_epochs:
+            return "the configured epochs"
+        return f"of the configured {self.configured_epochs:g}"
 
     def width_note(self) -> str:
         """Why this width, for the report: what each width measured would have trained."""
         if self.width is None or len(self.options) < 2:
             return ""
-        tried = ", ".join(f"width {o.width}: {o.seconds_per_epoch:.0f} s/epoch, "
-                          f"{f'{o.epochs:g} epochs' if o.epochs else 'not one epoch'}" for o in self.options)
-        return (f"Width {self.width} chosen from {tried} (the widest keeping at least "
-                f"{MIN_EPOCH_SHARE:.0%} of the configured epochs).")
+        tried = ", ".join(
+            f"width {o.width}: {o.seconds_per_epoch:.0f} s/epoch, "
+            f"{f'{o.epochs:g} epochs' if o.epochs else 'not one epoch'}"
+            f"{f' (predicted {o.predicted_accuracy:.2f} %)' if o.predicted_accuracy is not None else ''}"
+            for o in self.options)
+        rule = ("the most accurate for the time by the measured frontier" if self.predicted_accuracy is not None
+                else f"the widest keeping at least {MIN_EPOCH_SHARE:.0%} of the configured epochs")
+        return f"Width {self.width} chosen from {tried} ({rule})."
 
 
-def plan_epochs(budget_min: float, configured_epochs: float, seconds_per_epoch: float,
-                step: int = EPOCH_STEP) -> float:
-    """Epochs that fit the budget: down to a multiple of `step`, at most `configured_epochs`.
+def epoch_cap(cfg: PipelineConfig) -> float:
+    return max(cfg.epochs, cfg.max_epochs or 0.0)
+
+
+def plan_epochs(budget_min: float, max_epochs: float, seconds: Callable[[float], float],
+                step: float = EPOCH_STEP) -> float:
+    """The most epochs, a multiple of `step` or `max_epochs` itself, whose `seconds(epochs)` stays
+    within TARGET_SHARE of the budget.
 
     Less than one epoch is an error: a run that cannot finish one epoch would report nothing useful.
     """
-    if seconds_per_epoch <= 0:
-        raise ValueError("seconds_per_epoch must be positive")
-    fit = budget_min * 60 / seconds_per_epoch
-    if fit >= configured_epochs:
-        return configured_epochs
-    if fit < 1:
+    target = budget_min * 60 * TARGET_SHARE
+    if seconds(max_epochs) <= target:
+        return max_epochs
+    one = seconds(1.0)
+    if one <= 0:
+        raise ValueError("the predicted seconds must be positive")
+    if one > target:
         raise ConfigError(
-            f"time_budget_min {budget_min:g} is too short: one epoch takes about {seconds_per_epoch / 60:.1f} min "
-            f"on this machine (measured); allow at least {math.ceil(seconds_per_epoch / 60 * 10) / 10:g} min, "
+            f"time_budget_min {budget_min:g} is too short: one epoch takes about {one / 60:.1f} min "
+            f"on this machine (measured); allow at least {math.ceil(one / 60 / TARGET_SHARE * 10) / 10:g} min, "
             "or set time_budget_min 0 to train the configured epochs")
-    return float(max(1, math.floor(fit / step) * step) if fit >= step else 1)
+    # seconds() grows with the epochs: bisect on the grid of `step`s between 1 epoch and the cap.
+    low, high = math.ceil(1.0 / step), math.floor(max_epochs / step)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if seconds(mid * step) <= target:
+            low = mid
+        else:
+            high = mid - 1
+    return max(1.0, low * step)
 
 
 MEASURE = Stage("measure-speed", "budget", Measurement, "training.budget")
 
 
 def measurement_inputs(machine: str, cfg: PipelineConfig, data_digest: str) -> dict:
-    # The training inputs minus the epochs and the budget: neither changes the speed of a step.
-    timed = cfg.model_copy(update={"epochs": 1.0, "time_budget_min": 0.0, "budget_widths": []})
-    return {"machine": machine, "dataset": data_digest, "train": timed.group("train")}
+    # The training inputs minus the epochs (the budget's fields are in no training key): neither changes
+    # the speed of a step.
+    return {"machine": machine, "dataset": data_digest, "train": cfg.model_copy(update={"epochs": 1.0}).group("train")}
+
+
+Measure = Callable[[PipelineConfig], Speed]
 
 
 def plan_training(
@@ -117,23 +175,60 @@ def plan_training(
     data_digest: str,
     cache_dir: str | os.PathLike,
     machine: str,
-    measure: Callable[[PipelineConfig], tuple[float, int, int]],
+    measure: Measure,
     *,
     train_images: int,
 ) -> BudgetPlan:
     """Plan the epochs of `cfg` (and its width, given `budget_widths`) over `train_images` images within
-    its time budget. `measure(config)` -> (seconds per step, steps per epoch, timed steps) runs only
-    when this machine and configuration have no stored measurement."""
+    its time budget. `measure(config)` runs only when this machine and configuration have no stored
+    measurement."""
     if not cfg.budget_widths:
         plan = _plan_one(cfg, data_digest, cache_dir, machine, measure, train_images)
+    elif cfg.budget_frontier and any(frontier.best_possible(cfg.budget_frontier, w, epoch_cap(cfg)) is not None
+                                     for w in cfg.budget_widths):
+        plan = _plan_by_frontier(cfg, data_digest, cache_dir, machine, measure, train_images)
     else:
-        plan = _plan_width(cfg, data_digest, cache_dir, machine, measure, train_images)
+        plan = _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
     log.info("%s", plan.summary())
     return plan
 
 
-def _plan_width(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
-                measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int) -> BudgetPlan:
+def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
+                      measure: Measure, train_images: int) -> BudgetPlan:
+    """The width whose planned epochs the frontier predicts most accurate (ties: the shorter run).
+
+    Widths are measured in the order of the most they could reach and only while one could still beat
+    the best so far, so a machine measures what can change the answer, and widths the frontier does not
+    cover are left out.
+    """
+    cap = epoch_cap(cfg)
+    reach = {w: frontier.best_possible(cfg.budget_frontier, w, cap) for w in set(cfg.budget_widths)}
+    best: BudgetPlan | None = None
+    plans: list[BudgetPlan] = []
+    for width in sorted((w for w, r in reach.items() if r is not None), key=lambda w: (-reach[w], w)):
+        if best is not None and best.predicted_accuracy is not None and reach[width] <= best.predicted_accuracy:
+            break
+        plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
+                         train_images, none_fit_ok=True)
+        accuracy = frontier.predict(cfg.budget_frontier, width, plan.planned_epochs) if plan.planned_epochs else None
+        plan = plan.model_copy(update={"width": width, "predicted_accuracy": accuracy})
+        plans.append(plan)
+        if accuracy is not None and (best is None or best.predicted_accuracy is None
+                                     or (accuracy, -plan.predicted_seconds) > (best.predicted_accuracy,
+                                                                               -best.predicted_seconds)):
+            best = plan
+    if best is None:  # the frontier covers no epochs that fit: fall back to the widths' own rule
+        return _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
+    return best.model_copy(update={"options": _options(sorted(plans, key=lambda p: -p.width))})
+
+
+def _options(plans: list[BudgetPlan]) -> list[WidthOption]:
+    return [WidthOption(width=p.width, seconds_per_epoch=p.seconds_per_epoch, epochs=p.planned_epochs,
+                        predicted_accuracy=p.predicted_accuracy) for p in plans]
+
+
+def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
+                 measure: Measure, train_images: int) -> BudgetPlan:
     """The widest of `budget_widths` keeping MIN_EPOCH_SHARE of the epochs, else the one training most epochs.
 
     Widths are measured widest first and only until one qualifies, so a fast machine measures once.
@@ -145,42 +240,43 @@ def _plan_width(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathL
         plans.append(plan.model_copy(update={"width": width}))
         if plan.planned_epochs >= MIN_EPOCH_SHARE * cfg.epochs:
             break
-    options = [WidthOption(width=p.width, seconds_per_epoch=p.seconds_per_epoch, epochs=p.planned_epochs)
-               for p in plans]
     chosen = plans[-1]
     if chosen.planned_epochs < MIN_EPOCH_SHARE * cfg.epochs:
         chosen = max(plans, key=lambda p: (p.planned_epochs, p.width))
     if not chosen.planned_epochs:  # not one epoch even at the narrowest width: say how long one takes
-        plan_epochs(cfg.time_budget_min, cfg.epochs, plans[-1].seconds_per_epoch)
-    return chosen.model_copy(update={"options": options})
+        _plan_one(cfg.model_copy(update={"width": plans[-1].width}), data_digest, cache_dir, machine, measure,
+                  train_images)
+    return chosen.model_copy(update={"options": _options(plans)})
 
 
 def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
-              measure: Callable[[PipelineConfig], tuple[float, int, int]], train_images: int,
-              none_fit_ok: bool = False) -> BudgetPlan:
+              measure: Measure, train_images: int, none_fit_ok: bool = False) -> BudgetPlan:
     measured = []
 
     def build(_entry) -> Measurement:
-        seconds_per_step, steps_per_epoch, timed = measure(cfg)
+        speed = measure(cfg)
         measured.append(True)
-        return Measurement(machine=machine, seconds_per_step=seconds_per_step, steps_per_epoch=steps_per_epoch,
-                           timed_steps=timed, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return Measurement(machine=machine, seconds_per_step=speed.seconds_per_step,
+                           seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
+                           steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps,
+                           measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     found = MEASURE.run(cache_dir, measurement_inputs(machine, cfg, data_digest), build)
-    cached = not measured
     # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
-    seconds_per_epoch = found.seconds_per_step * max(1, train_images // cfg.batch_size)
+    steps = max(1, train_images // cfg.batch_size)
+    cap = epoch_cap(cfg)
     try:
-        epochs = plan_epochs(cfg.time_budget_min, cfg.epochs, seconds_per_epoch)
+        epochs = plan_epochs(cfg.time_budget_min, cap, lambda e: training_seconds(found, e, steps))
     except ConfigError:
         if not none_fit_ok:
             raise
         epochs = 0.0
+    seconds_per_epoch = found.seconds_per_step * steps
     return BudgetPlan(
-        budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs,
-        seconds_per_epoch=seconds_per_epoch,
+        budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs, max_epochs=cap,
+        seconds_per_epoch=seconds_per_epoch, predicted_seconds=training_seconds(found, epochs, steps),
         images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
-        machine=machine, cached=cached, measured_at=found.measured_at,
+        machine=machine, cached=not measured, measured_at=found.measured_at,
     )
 
 
@@ -195,8 +291,8 @@ def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConf
     return cfg.model_copy(update=update)
 
 
-def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> tuple[float, int, int]:
-    """(seconds per step, steps per epoch, timed steps) of the real training step on the real device."""
+def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> Speed:
+    """The real training step's speed on the real device, in both phases of a run."""
     from .cpu_tuning import current_cpu_settings
     from .runtime import resolve_device, tune_cpu_allocator
 
@@ -211,42 +307,47 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
         torch.set_num_threads(threads)
 
 
-def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> tuple[float, int, int]:
-    from .step import new_model, new_step, start_epoch, sync, train_batches, training_data
+def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> Speed:
+    from .step import new_model, new_step, start_epoch, train_batches, training_data
 
     data = training_data(cfg, dataset)
     batches = train_batches(cfg, data.x_train, data.y_train, device)
-    steps_per_epoch = len(batches)
     model = new_model(cfg, data.x_train, device)
-    start_epoch(model, cfg, 0)
     step = new_step(cfg, model, device)
-    timed, start = 0, 0.0
-    for i, (x, y) in enumerate(batches.epoch(0)):
-        if i == WARMUP_STEPS:
-            sync(device)
-            start = time.perf_counter()
-        loss, _ = step(x, y)
-        loss.item()
-        if i >= WARMUP_STEPS:
-            timed += 1
-            elapsed = time.perf_counter() - start
-            if timed >= MAX_TIMED_STEPS or (timed >= MIN_TIMED_STEPS and elapsed >= MIN_TIMED_SECONDS):
-                break
-    sync(device)
-    if timed == 0:  # an epoch shorter than the warm-up: time what there is
-        return _time_all(batches, step, device), steps_per_epoch, steps_per_epoch
-    return (time.perf_counter() - start) / timed, steps_per_epoch, timed
+    stream = _batch_stream(batches)
+    start_epoch(model, cfg, 0)
+    early, early_steps = _time_phase(stream, step, device)
+    late, late_steps = early, 0
+    if cfg.whiten_bias_epochs and getattr(getattr(model, "whiten", None), "bias", None) is not None:
+        start_epoch(model, cfg, cfg.whiten_bias_epochs)  # the bias frozen, as from that epoch on
+        late, late_steps = _time_phase(stream, step, device)
+    return Speed(late, early, len(batches), early_steps + late_steps)
 
 
-def _time_all(batches, step, device: torch.device) -> float:
+def _batch_stream(batches):
+    epoch = 0
+    while True:  # a small training set runs out of steps within the warm-up: go on into the next epoch
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
+def _time_phase(stream, step, device: torch.device) -> tuple[float, int]:
+    """(seconds per step, steps timed): WARMUP_STEPS untimed, then at least MIN_TIMED_STEPS and
+    MIN_TIMED_SECONDS."""
     from .step import sync
 
-    start, n = time.perf_counter(), 0
-    for x, y in batches.epoch(1):
-        step(x, y)[0].item()
-        n += 1
+    for _ in range(WARMUP_STEPS):
+        step(*next(stream))[0].item()
     sync(device)
-    return (time.perf_counter() - start) / max(n, 1)
+    start, timed = time.perf_counter(), 0
+    while True:
+        step(*next(stream))[0].item()
+        timed += 1
+        elapsed = time.perf_counter() - start
+        if timed >= MAX_TIMED_STEPS or (timed >= MIN_TIMED_STEPS and elapsed >= MIN_TIMED_SECONDS):
+            break
+    sync(device)
+    return (time.perf_counter() - start) / timed, timed
 
 
 def machine_key(device: torch.device) -> str:

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 import os
 from pathlib import Path
 
@@ -97,6 +98,8 @@ class _Run:
     history: list[EpochMetrics] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     epoch: int = 0  # epochs finished
+    wall_seconds: float = 0.0  # the epochs with their validation, lookahead and checkpoints
+    first_step_at: str | None = None  # when this process finished its first step (UTC)
     step: int = 0  # optimizer steps taken
     resumed_from_epoch: int | None = None
 
@@ -158,6 +161,8 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
             set_lr(run.optimizer, factor)
             loss, out = run.stepper(x, y)
             run.step += 1
+            if run.first_step_at is None:
+                run.first_step_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
             loss_sum += loss.detach() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -188,7 +193,10 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
             step_losses=_chunk_means(chunk_losses, chunk), loss_chunk=chunk, steps=len(chunk_losses),
             **_validate(run.model, data, cfg, device, amp_dtype),
         )
+        run.wall_seconds += time.perf_counter() - t0
+        checkpointing = time.perf_counter()
         _end_epoch(run, metrics, cfg, key, checkpoint_path, n_epochs)
+        run.wall_seconds += time.perf_counter() - checkpointing
         if job.on_epoch is not None:
             job.on_epoch(metrics, n_epochs)
 
@@ -197,7 +205,8 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
         epochs=run.history, device=str(device), device_name=device_name(device),
         precision=precision_name(amp_dtype),
         parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
-        train_seconds=sum(h.seconds for h in run.history),
+        train_seconds=sum(h.seconds for h in run.history), wall_seconds=run.wall_seconds,
+        first_step_at=run.first_step_at,
         resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
         cpu_settings=cpu_settings,
     )
@@ -216,6 +225,7 @@ def _restore(run: _Run, checkpoint_path: Path, key: str) -> None:
     run.history = [EpochMetrics.model_validate(h) for h in state["history"]]
     run.warnings = list(state.get("warnings", []))
     run.epoch, run.step = state["epoch"], state["step"]
+    run.wall_seconds = state.get("wall_seconds", sum(h.seconds for h in run.history))
     run.resumed_from_epoch = state["epoch"]
     torch.set_rng_state(state["rng"]["torch"])
     log.info("resuming training %s after epoch %d (step %d)", key, run.epoch, run.step)
@@ -261,6 +271,7 @@ def _end_epoch(run: _Run, metrics: EpochMetrics, cfg: PipelineConfig, key: str, 
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
         "history": [h.model_dump() for h in run.history], "warnings": run.warnings,
+        "wall_seconds": run.wall_seconds,
         "rng": {"torch": torch.get_rng_state()},
         "config": cfg.model_dump(mode="json"),
     })

@@ -39,9 +39,12 @@ class TrainRecord(StageRecord):
     parameters: int
     train_images: int
     steps: int
-    train_seconds: float
+    train_seconds: float  # the epochs' own steps
     resumed_from_epoch: int | None
     warnings: list[str]
+    # Training as a budget counts it: the epochs with their validation, lookahead and checkpoints.
+    wall_seconds: float = 0.0
+    first_step_at: str | None = None  # when the first step of the process that trained finished (UTC)
     # CPU runs: the machine's class and the settings chosen for it (cifar_pipeline/training/cpu_tuning.py).
     cpu_settings: CpuSettings | None = None
 

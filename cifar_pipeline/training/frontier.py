@@ -1,0 +1,51 @@
+"""What a (width, epochs) point of a recipe is expected to reach, from the points measured for it.
+
+A frontier point is a measured run: the recipe trained at a fixed width for a fixed number of epochs
+(`--time-budget-min 0 --width W --epochs E`) and its test accuracy, listed in the preset's
+`budget_frontier` (measured in benchmarks/RESULTS.md). A point's accuracy does not depend on the
+machine's speed, only its seconds do, so one table serves every CPU class and the budget's own
+measurement supplies the seconds.
+
+Between two measured epoch counts of a width, accuracy is interpolated linearly in log(epochs): over
+the range measured it grows about evenly per doubling of training. Past the longest measured run of
+a width it stays at that run's figure (more epochs are not credited before they are measured), and
+below the shortest one the width has no prediction: nothing measured says how fast it falls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+Point = Sequence[float]  # (width, epochs, accuracy in %)
+
+
+def points_by_width(frontier: Iterable[Point]) -> dict[int, list[tuple[float, float]]]:
+    """{width: [(epochs, accuracy), ...] by epochs}; repeated points (seeds) are averaged."""
+    runs: dict[tuple[int, float], list[float]] = {}
+    for width, epochs, accuracy in frontier:
+        runs.setdefault((int(width), float(epochs)), []).append(float(accuracy))
+    table: dict[int, list[tuple[float, float]]] = {}
+    for (width, epochs), accuracies in sorted(runs.items()):
+        table.setdefault(width, []).append((epochs, sum(accuracies) / len(accuracies)))
+    return table
+
+
+def predict(frontier: Iterable[Point], width: int, epochs: float) -> float | None:
+    """Expected accuracy (%) of `width` trained `epochs`, or None when nothing measured covers it."""
+    measured = points_by_width(frontier).get(width)
+    if not measured or epochs < measured[0][0]:
+        return None
+    for (e0, a0), (e1, a1) in zip(measured, measured[1:]):
+        if e0 <= epochs <= e1:
+            t = math.log(epochs / e0) / math.log(e1 / e0)
+            return a0 + t * (a1 - a0)
+    return measured[-1][1]
+
+
+def best_possible(frontier: Iterable[Point], width: int, max_epochs: float) -> float | None:
+    """The most `width` can be predicted to reach within `max_epochs`: what measuring it could gain."""
+    measured = points_by_width(frontier).get(width)
+    if not measured or max_epochs < measured[0][0]:
+        return None
+    return max(predict(frontier, width, e) or 0.0 for e in [max_epochs] + [e for e, _ in measured if e <= max_epochs])
