@@ -123,9 +123,7 @@ def budget_plans(dataset, widths: list[int | None], **overrides) -> list[dict]:
     for width in widths:
         cfg = PipelineConfig(preset="cpu", **({"width": width} if width else {}), **overrides).resolved({})
         speed = measure_steps(cfg, dataset)
-        measured = Measurement(machine="", seconds_per_step=speed.seconds_per_step,
-                               seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
-                               steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps, measured_at="")
+        measured = Measurement.taken(speed, "", cfg)
         planned = plan_epochs(cfg.time_budget_min, epoch_cap(cfg),
                               lambda e: training_seconds(measured, e, speed.steps_per_epoch))
         plans.append({"width": cfg.width, "seconds_per_epoch": speed.seconds_per_step * speed.steps_per_epoch,

@@ -66,6 +66,14 @@ class Measurement(StageRecord):
     timed_steps: int
     measured_at: str
 
+    @classmethod
+    def taken(cls, speed: Speed, machine: str, cfg: PipelineConfig) -> Measurement:
+        """The record of `speed`, measured now on `machine` for `cfg` (whose early phase it timed)."""
+        return cls(machine=machine, seconds_per_step=speed.seconds_per_step,
+                   seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
+                   steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps,
+                   measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
 
 def training_seconds(measured: Measurement, epochs: float, steps_per_epoch: int) -> float:
     """Predicted training time of `epochs` epochs of `steps_per_epoch` steps on the measured machine."""
@@ -206,16 +214,15 @@ def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os
     best: BudgetPlan | None = None
     plans: list[BudgetPlan] = []
     for width in sorted((w for w, r in reach.items() if r is not None), key=lambda w: (-reach[w], w)):
-        if best is not None and best.predicted_accuracy is not None and reach[width] <= best.predicted_accuracy:
+        if best is not None and reach[width] <= best.predicted_accuracy:
             break
         plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
                          train_images, none_fit_ok=True)
         accuracy = frontier.predict(cfg.budget_frontier, width, plan.planned_epochs) if plan.planned_epochs else None
         plan = plan.model_copy(update={"width": width, "predicted_accuracy": accuracy})
         plans.append(plan)
-        if accuracy is not None and (best is None or best.predicted_accuracy is None
-                                     or (accuracy, -plan.predicted_seconds) > (best.predicted_accuracy,
-                                                                               -best.predicted_seconds)):
+        if accuracy is not None and (best is None or (accuracy, -plan.predicted_seconds)
+                                     > (best.predicted_accuracy, -best.predicted_seconds)):
             best = plan
     if best is None:  # the frontier covers no epochs that fit: fall back to the widths' own rule
         return _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
@@ -256,10 +263,7 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
     def build(_entry) -> Measurement:
         speed = measure(cfg)
         measured.append(True)
-        return Measurement(machine=machine, seconds_per_step=speed.seconds_per_step,
-                           seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
-                           steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps,
-                           measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return Measurement.taken(speed, machine, cfg)
 
     found = MEASURE.run(cache_dir, measurement_inputs(machine, cfg, data_digest), build)
     # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
