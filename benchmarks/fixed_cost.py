@@ -74,6 +74,8 @@ def fixed_costs(archive: str, md5: str, work: Path, repeats: int = 3) -> dict:
         cached = [pipeline_run(*smoke, env=served) for _ in range(repeats)]
         assert all("local Prefect server" in r.stderr for r, _ in cached), "the CLI did not find the server"
         out["smoke, cached rerun (local server)"] = statistics.median(r.wall for r, _ in cached)
+        out["smoke, cached rerun (local server): flow"] = statistics.median(s["seconds"] for _, s in cached)
+        out["smoke, cached rerun (local server): flow steps (s)"] = cached[-1][1].get("task_seconds", {})
         firsts = []
         for seed in range(1, repeats + 1):  # a new seed trains; download and decoding stay cached
             run, summary = pipeline_run(*smoke, "--seed", str(1000 + seed), env=served)
@@ -111,7 +113,9 @@ def rows(out: dict) -> list[tuple[str, str]]:
          f"{out['smoke, cached rerun (temporary server)']:.2f} s / {empty:.2f} s = "
          f"**{out['smoke, cached rerun (temporary server)'] / empty:.2f}x** (flow {out['smoke, cached rerun: flow']:.2f} s)"),
         ("local server: `prefect server start --background`, once", f"{out['local server: start, once (s)']:.1f} s"),
-        ("`--preset smoke`, cached rerun, local server (target < 5 s)", f"**{out['smoke, cached rerun (local server)']:.2f} s**"),
+        ("`--preset smoke`, cached rerun, local server (target < 5 s)",
+         f"**{out['smoke, cached rerun (local server)']:.2f} s** (flow {out['smoke, cached rerun (local server): flow']:.2f} s: "
+         + ", ".join(f"{k} {v:.2f}" for k, v in out["smoke, cached rerun (local server): flow steps (s)"].items()) + ")"),
         ("`--preset smoke`, command to first training step, local server (target < 8 s)",
          f"**{out['smoke, command to first training step (local server)']:.2f} s**"),
     ]

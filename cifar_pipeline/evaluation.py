@@ -7,18 +7,13 @@ import os
 import time
 
 import pandas as pd
-import torch
 
 from .config import PipelineConfig
 from .data.dataset import DatasetRecord, load_arrays
 from .errors import IntegrityError
 from .files import file_digest
-from .models import build_model
 from .stage import Stage, StageRecord
-from .training.checkpoint import load_checkpoint
 from .training.records import TrainRecord
-from .training.runtime import autocast_dtype, resolve_device
-from .training.scoring import score, tta_logits  # noqa: F401  (tta_logits: part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +73,14 @@ def evaluate_checkpoint(
         raise IntegrityError(
             f"checkpoint {checkpoint} has sha256 {actual}, not {sha256} as recorded; refusing to evaluate it"
         )
+    # Imported here: the record and the stage above load without torch, for a cached run.
+    import torch
+
+    from .models import build_model
+    from .training.checkpoint import load_checkpoint
+    from .training.runtime import autocast_dtype, resolve_device
+    from .training.scoring import score
+
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     state = load_checkpoint(checkpoint, map_location=device)

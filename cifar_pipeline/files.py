@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     with atomic_file(path, "wb") as f:
         write(f)
     return Path(path)
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    with open(source, "rb") as src:
+        return atomic_write(path, lambda dst: shutil.copyfileobj(src, dst, CHUNK))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -21,6 +21,7 @@ from tasks import (
     doctor_task,
     evaluate_task,
     extra_data_task,
+    figures_task,
     promote_task,
     report_task,
     scan_extra_data_task,
@@ -96,13 +97,15 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
     evaluated = steps.run(evaluate_task, config=cfg, trained=trained, dataset=dataset, cache_dir=str(cache))
     decision = steps.run(promote_task, run_id=run_id, cfg=cfg, trained=trained, evaluated=evaluated,
                          dataset=dataset, seconds=time.perf_counter() - t0)
+    figures = steps.run(figures_task, config=cfg, trained=trained, evaluated=evaluated, dataset=dataset,
+                        cache_dir=str(cache))
     unchanged, note = steps.change_note()
     logger.info(note)
     report = steps.run(
         report_task, run_dir=str(run_dir), run_id=run_id, cfg=cfg, requested=config, archive=archive,
         dataset=dataset, trained=trained, evaluated=evaluated, timings=steps.seconds, states=steps.states,
         decision=decision, extra=extra, note=note, diagnosis=diagnosis.section if diagnosis is not None else "",
-        budget=budget,
+        budget=budget, figures=figures,
     )
     summary = RunSummary(
         run_id=run_id, flow_run_id=flow_run.get_id(), deployment=deployment.get_name(), preset=cfg.preset,

@@ -5,8 +5,6 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
 from cifar_pipeline.training.budget import BudgetPlan, machine_key, measure_steps, plan_training
-from cifar_pipeline.training.runtime import resolve_device
-from cifar_pipeline.training.step import training_data
 
 
 # Not cached by Prefect: the measurements it plans from are a library stage keyed by machine and config,
@@ -14,6 +12,9 @@ from cifar_pipeline.training.step import training_data
 @task(name="plan-budget", cache_policy=NO_CACHE, persist_result=False)
 def budget_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str,
                 extra: ExtraDataRecord | None = None) -> BudgetPlan:
+    from cifar_pipeline.training.runtime import resolve_device
+    from cifar_pipeline.training.step import training_data
+
     device = resolve_device(config.device)
     return plan_training(config, dataset.content_digest(), cache_dir, machine_key(device),
                          lambda planned: measure_steps(planned, dataset, device),

@@ -4,8 +4,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
 from cifar_pipeline.errors import PipelineError
-from cifar_pipeline.training.loop import TRAIN, train, training_inputs
-from cifar_pipeline.training.records import EpochMetrics, TrainRecord
+from cifar_pipeline.training.records import TRAIN, EpochMetrics, TrainRecord, training_inputs
 
 from .cache_policies import stage_task
 
@@ -30,6 +29,8 @@ def retry_unless_expected(_task, _task_run, state) -> bool:
 def train_task(
     config: PipelineConfig, dataset: DatasetRecord, cache_dir: str, extra: ExtraDataRecord | None = None
 ) -> TrainRecord:
+    from cifar_pipeline.training.loop import train
+
     progress = create_progress_artifact(0.0, description="Training progress (epochs done)")
 
     def on_epoch(metrics: EpochMetrics, total: int) -> None:

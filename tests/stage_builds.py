@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 TINY = dict(preset="smoke", train_subset=0, test_subset=0, batch_size=32, width=8, epochs=1, time_budget_min=0)
-STAGES = ("download", "build-dataset", "extra-data", "measure-speed", "train", "evaluate", "diagnose")
+STAGES = ("download", "build-dataset", "extra-data", "measure-speed", "train", "evaluate", "figures", "diagnose")
 # Where a build is stopped: "replace" blocks os.replace (an atomic write's temp file is on disk),
 # "decode" blocks reading the extracted batches (the scratch folder holds the extracted archive).
 BLOCKS = {"build-dataset": "decode"}
@@ -81,8 +81,14 @@ def build(stage: str, cache: Path, archive: str, md5: str, block=None):
     from cifar_pipeline.evaluation import evaluate
 
     trained = train(cfg, dataset, cache, progress=False)
+    if stage == "evaluate":
+        block()
+        return evaluate(cfg, trained, dataset, cache)
+    from cifar_pipeline.report.figures import figures
+
+    evaluated = evaluate(cfg, trained, dataset, cache)
     block()
-    return evaluate(cfg, trained, dataset, cache)
+    return figures(cfg, trained, evaluated, dataset, cache)
 
 
 def _blocker(kind: str, marker: Path):

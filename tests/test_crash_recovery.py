@@ -15,7 +15,8 @@ import torch
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.evaluation import evaluate
 from cifar_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from cifar_pipeline.training.loop import train, training_dir, training_key
+from cifar_pipeline.training.loop import train
+from cifar_pipeline.training.records import training_dir, training_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,7 @@ def test_full_disk_while_writing_the_report_keeps_the_previous_one(tiny_dataset,
     code = (
         "import json; from cifar_pipeline.report.report import write_report; from cifar_pipeline.config import "
         "PipelineConfig; from cifar_pipeline.data.download import ArchiveRecord; "
-        "from cifar_pipeline.data.dataset import DatasetRecord; from cifar_pipeline.training.loop import TrainRecord; "
+        "from cifar_pipeline.data.dataset import DatasetRecord; from cifar_pipeline.training.records import TrainRecord; "
         f"from cifar_pipeline.evaluation import EvalRecord; a = json.loads({json.dumps(json.dumps(args))}); "
         f"write_report({str(run_dir)!r}, 'r2', PipelineConfig(**a['cfg']), PipelineConfig(**a['requested']), "
         "ArchiveRecord(**a['archive']), DatasetRecord(**a['dataset']), TrainRecord(**a['trained']), "

@@ -15,7 +15,8 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import load_arrays
 from cifar_pipeline.data.extra import build_extra_data, load_extra, scan_folders
 from cifar_pipeline.errors import BadImagesError, ConfigError
-from cifar_pipeline.training.loop import training_data, training_key
+from cifar_pipeline.training.records import training_key
+from cifar_pipeline.training.step import training_data
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_nightly_unchanged_folder_is_cached_and_a_grown_one_retrains(archive_ima
     second = run_flow(**common)
     assert second.tasks == {"download": "Cached", "build-dataset": "Cached", "scan-extra-data": "Completed",
                             "extra-data": "Cached", "train": "Cached", "evaluate": "Cached",
-                            "promote": "Completed", "report": "Completed"}
+                            "promote": "Completed", "figures": "Cached", "report": "Completed"}
     assert second.unchanged and second.note.startswith("nothing changed")
     assert second.note in Path(second.report).read_text()
     assert checkpoint.stat().st_mtime_ns == mtime

@@ -23,7 +23,7 @@ def test_full_flow_writes_report_checkpoint_and_artifacts(tmp_path, tiny_archive
     path, md5 = tiny_archive
     summary = run_flow(source=[server.url(path.name)], md5=md5, output_dir=str(tmp_path))
     assert summary.tasks == {k: "Completed" for k in ("download", "build-dataset", "train", "evaluate", "promote",
-                                                      "report")}
+                                                      "figures", "report")}
     assert summary.promoted  # the first model in a fresh registry becomes the champion
     assert 0 <= summary.test_accuracy <= 1
     report = Path(summary.report).read_text()
@@ -54,9 +54,14 @@ def test_second_identical_run_trains_nothing(tmp_path, tiny_archive):
     mtime = checkpoint.stat().st_mtime_ns
     second = run_flow(source=[str(path)], md5=md5, output_dir=str(tmp_path))
     assert second.tasks == {"download": "Cached", "build-dataset": "Cached", "train": "Cached",
-                            "evaluate": "Cached", "promote": "Completed", "report": "Completed"}
+                            "evaluate": "Cached", "promote": "Completed", "figures": "Cached", "report": "Completed"}
     assert checkpoint.stat().st_mtime_ns == mtime
     assert second.run_dir != first.run_dir and second.test_accuracy == first.test_accuracy
+    # The model's figures are the first run's, copied into the new run's own folder; the trend of
+    # runs is drawn again (it has one run more).
+    for name in ("curves.png", "confusion.png", "samples.png", "confused.png"):
+        assert (Path(second.run_dir) / name).read_bytes() == (Path(first.run_dir) / name).read_bytes()
+    assert (Path(second.run_dir) / "history.png").is_file() and not (Path(first.run_dir) / "history.png").exists()
 
 
 def test_changed_hyperparameter_retrains_but_changed_template_does_not(tmp_path, tiny_archive, monkeypatch):

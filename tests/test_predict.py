@@ -184,7 +184,7 @@ def test_a_failed_onnx_export_still_promotes_the_weights(promoted, tiny_dataset,
     from cifar_pipeline.errors import ExportError
     from cifar_pipeline.evaluation import EvalRecord
     from cifar_pipeline.registry.champion import update_registry
-    from cifar_pipeline.training.loop import TrainRecord
+    from cifar_pipeline.training.records import TrainRecord
 
     summary, out = promoted
     record, _ = tiny_dataset
@@ -217,7 +217,7 @@ def test_predict_flow_scores_a_folder_into_a_csv(promoted, image_tree):
 
 
 def test_report_shows_labelled_test_images_confused_pairs_and_loss_by_step(promoted):
-    from cifar_pipeline.training.loop import TrainRecord
+    from cifar_pipeline.training.records import TrainRecord
 
     summary, _ = promoted
     run_dir = Path(summary.run_dir)

@@ -96,7 +96,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.evaluation import EvalRecord
 from cifar_pipeline.registry.champion import update_registry
-from cifar_pipeline.training.loop import TrainRecord
+from cifar_pipeline.training.records import TrainRecord
 cfg = PipelineConfig.model_validate_json(sys.argv[1])
 trained = TrainRecord.model_validate_json(sys.argv[2])
 evaluated = EvalRecord.model_validate_json(sys.argv[3])

@@ -24,7 +24,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import load_arrays
 from cifar_pipeline.evaluation import evaluate
 from cifar_pipeline.files import file_digest
-from cifar_pipeline.registry import champion as champion_module
+from cifar_pipeline.registry import export as export_module
 from cifar_pipeline.registry.champion import ChampionRecord, read_champion, read_history, update_registry
 from cifar_pipeline.registry.rollback import lineage
 from cifar_pipeline.training.loop import train
@@ -51,7 +51,7 @@ def two_models(tiny_dataset, tmp_path_factory):
 def registry(two_models, tmp_path, monkeypatch):
     """A registry whose champion `run-b` replaced `run-a`: (output_dir, registry folder)."""
     # The ONNX export at promotion takes longer than everything else here and plays no part in a rollback.
-    monkeypatch.setattr(champion_module, "export_for_promotion", lambda *args: (None, "not exported in this test"))
+    monkeypatch.setattr(export_module, "export_for_promotion", lambda *args: (None, "not exported in this test"))
     (cfg_a, trained_a, eval_a), (cfg_b, trained_b, eval_b) = two_models[0]
     folder = tmp_path / "registry"
     assert update_registry(folder, "run-a", cfg_a, trained_a, eval_a, two_models[1], 1.0).promoted
@@ -105,7 +105,7 @@ def test_an_unknown_run_id_exits_2_with_one_line_and_changes_nothing(registry, c
 
 
 def test_rollback_with_no_earlier_champion_exits_2(two_models, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(champion_module, "export_for_promotion", lambda *args: (None, "not exported in this test"))
+    monkeypatch.setattr(export_module, "export_for_promotion", lambda *args: (None, "not exported in this test"))
     cfg, trained, evaluated = two_models[0][0]
     update_registry(tmp_path / "registry", "only", cfg, trained, evaluated, two_models[1], 1.0)
     code, result, err = _cli(capsys, "champion", "rollback", "--output-dir", str(tmp_path))

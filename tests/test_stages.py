@@ -26,13 +26,14 @@ from cifar_pipeline.doctor.report import DIAGNOSE
 from cifar_pipeline.doctor.run import make_bench
 from cifar_pipeline.evaluation import EVALUATE
 from cifar_pipeline.provenance import NEUTRAL, code_files
+from cifar_pipeline.report.figures import FIGURES
 from cifar_pipeline.training.budget import MEASURE
-from cifar_pipeline.training.loop import TRAIN
+from cifar_pipeline.training.records import TRAIN
 from cifar_pipeline.training.step import new_model, train_batches, training_data
 from tests import stage_builds
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL = [DOWNLOAD, DATASET, EXTRA, MEASURE, TRAIN, EVALUATE, DIAGNOSE]
+ALL = [DOWNLOAD, DATASET, EXTRA, MEASURE, TRAIN, EVALUATE, FIGURES, DIAGNOSE]
 
 
 def test_every_stage_is_declared_once_with_its_own_folder():

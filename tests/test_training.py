@@ -7,7 +7,8 @@ from cifar_pipeline.config import PRESETS, PipelineConfig
 from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.evaluation import evaluate
 from cifar_pipeline.training.checkpoint import load_checkpoint
-from cifar_pipeline.training.loop import train, training_dir, training_key
+from cifar_pipeline.training.loop import train
+from cifar_pipeline.training.records import training_dir, training_key
 
 # Each preset, shrunk to a few CPU steps on the tiny archive; the method itself is unchanged.
 SHRUNK = {
@@ -140,7 +141,7 @@ def test_a_changed_checkpoint_is_refused_by_evaluation(tiny_dataset, tmp_path):
 
 def test_validation_split_is_held_out_fixed_by_the_seed_and_scored_each_epoch(tiny_dataset, tmp_path):
     from cifar_pipeline.data.dataset import load_arrays
-    from cifar_pipeline.training.loop import training_data
+    from cifar_pipeline.training.step import training_data
 
     record, _ = tiny_dataset
     cfg = PipelineConfig(preset="smoke", **SHRUNK["smoke"], validation_images=50).resolved({})

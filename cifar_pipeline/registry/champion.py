@@ -26,11 +26,7 @@ from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord, load_arrays
 from ..evaluation import EvalRecord, evaluate_checkpoint
 from ..files import atomic_write_json, atomic_write_text, file_digest
-from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.records import TrainRecord
-from .export import export_for_promotion
-from .model_card import write_model_card
-from .predict import preprocessing
 
 EXPORT_CHECK_IMAGES = 256  # real test images the ONNX export is checked on at promotion
 
@@ -146,6 +142,12 @@ def _with_champion_row(history: pd.DataFrame, champion: ChampionRecord | None) -
 
 def _install(folder: Path, run_id: str, cfg: PipelineConfig, trained: TrainRecord, evaluated: EvalRecord,
              dataset: DatasetRecord) -> ChampionRecord:
+    # Imported here: deciding against the champion (every run) needs no torch; installing one does.
+    from ..training.checkpoint import load_checkpoint, save_checkpoint
+    from .export import export_for_promotion
+    from .model_card import write_model_card
+    from .predict import preprocessing
+
     state = load_checkpoint(trained.checkpoint)
     model_file = folder / "models" / run_id / "model.pt"
     # Weights, the config that rebuilds the model and what predicting needs (class names, input

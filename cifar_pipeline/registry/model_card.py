@@ -14,7 +14,6 @@ from ..data.dataset import DatasetRecord
 from ..evaluation import EvalRecord
 from ..files import atomic_write_text
 from ..training.records import TrainRecord
-from .predict import INPUT_DESCRIPTION, preprocessing
 
 
 def confused_pairs(confusion: list[list[int]], classes: list[str], n: int = 5) -> list[tuple[str, str, int]]:
@@ -27,6 +26,8 @@ def render_model_card(
     run_id: str, cfg: PipelineConfig, trained: TrainRecord, evaluated: EvalRecord, dataset: DatasetRecord,
     model_sha256: str, onnx: dict | None, onnx_error: str | None,
 ) -> str:
+    from .predict import INPUT_DESCRIPTION, preprocessing  # torch: only when a model is promoted
+
     prep = preprocessing(cfg)
     per_class = "\n".join(f"| {c} | {a:.2%} | {sum(row)} |"
                           for c, a, row in zip(evaluated.classes, evaluated.per_class_accuracy, evaluated.confusion))

@@ -26,11 +26,11 @@ from .. import layout
 from ..config import PipelineConfig
 from ..data.augment import CIFAR_MEAN, CIFAR_STD
 from ..errors import ConfigError
-from ..evaluation import tta_logits
 from ..files import file_digest
 from ..models import build_model
 from ..training.checkpoint import load_checkpoint
 from ..training.runtime import autocast, autocast_dtype, resolve_device
+from ..training.scoring import tta_logits
 
 # The archive's label order (batches.meta); model files written before they carried their
 # class names were all trained on it.

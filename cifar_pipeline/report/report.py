@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from ..config import PipelineConfig
-from ..data.dataset import DatasetRecord, load_arrays
+from ..data.dataset import DatasetRecord
 from ..data.download import ArchiveRecord
 from ..data.extra import ExtraDataRecord
 from ..evaluation import EvalRecord
@@ -24,12 +24,9 @@ from ..registry.champion import PromotionDecision, read_history
 from ..registry.model_card import confused_pairs
 from ..training.budget import BudgetPlan
 from ..training.records import TrainRecord
-from ..training.step import training_data
-from .plots import plot_confused_examples, plot_confusion, plot_curves, plot_history, plot_image_grid
+from .figures import CONFUSED_PAIRS, FiguresRecord, draw
 
 HISTORY_RUNS = 20  # runs shown in the trend plot
-GRID_IMAGES = 32  # test images shown with their labels
-CONFUSED_PAIRS = 4  # most-confused class pairs shown with examples
 
 
 class ReportRecord(BaseModel):
@@ -78,13 +75,14 @@ def write_report(
     note: str = "",
     diagnosis: str = "",  # Markdown of the doctor's quick checks, for a run that sat at chance
     budget: BudgetPlan | None = None,
+    figures: FiguresRecord | None = None,  # drawn earlier (the `figures` stage); None: drawn here
 ) -> ReportRecord:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    epochs = trained.epochs
-    plot_curves([e.epoch for e in epochs], [e.loss for e in epochs], [e.train_accuracy for e in epochs],
-                evaluated.accuracy, run_dir / "curves.png", trained.loss_by_step(), trained.steps / cfg.epochs)
-    plot_confusion(evaluated.confusion, evaluated.classes, run_dir / "confusion.png")
+    if figures is None:
+        figures = draw(run_dir, cfg, trained, evaluated, dataset)
+    else:
+        figures.copy_to(run_dir)
 
     per_class = evaluated.per_class_frame()
     config_rows = pd.DataFrame(
@@ -97,7 +95,7 @@ def write_report(
         "champion_section": champion_section(decision, run_dir),
         "note": f"_{note}._\n" if note else "",
         "extra_section": extra_section(cfg, dataset, extra),
-        "predictions_section": predictions_section(evaluated, dataset, run_dir),
+        "predictions_section": predictions_section(evaluated, figures),
         "run_id": run_id,
         "accuracy": f"{evaluated.accuracy:.2%}",
         "test_loss": f"{evaluated.loss:.4f}",
@@ -132,25 +130,13 @@ def write_report(
     return ReportRecord(path=str(path), run_dir=str(run_dir), accuracy=evaluated.accuracy, markdown=markdown)
 
 
-def predictions_section(evaluated: EvalRecord, dataset: DatasetRecord, run_dir: Path) -> str:
+def predictions_section(evaluated: EvalRecord, figures: FiguresRecord) -> str:
     """Test images with true and predicted labels, and the most-confused pairs with examples."""
-    if not evaluated.predictions:  # an evaluation cached before predictions were recorded
+    if "samples.png" not in figures.files:  # an evaluation cached before predictions were recorded
         return ""
-    arrays = load_arrays(dataset)
-    predicted = evaluated.predictions
-    images, true = arrays.x_test[:len(predicted)], [int(y) for y in arrays.y_test[:len(predicted)]]
-    classes = evaluated.classes
-    plot_image_grid(images[:GRID_IMAGES], true[:GRID_IMAGES], predicted[:GRID_IMAGES], classes,
-                    run_dir / "samples.png")
     lines = ["## Predictions on test images", "", "![Test images with true and predicted labels](samples.png)", ""]
-    pairs = confused_pairs(evaluated.confusion, classes, CONFUSED_PAIRS)
-    if pairs:
-        examples = []
-        for t, p, count in pairs:
-            ti, pi = classes.index(t), classes.index(p)
-            picked = [i for i, (a, b) in enumerate(zip(true, predicted)) if a == ti and b == pi]
-            examples.append((t, p, count, images[picked]))
-        plot_confused_examples(examples, run_dir / "confused.png")
+    if "confused.png" in figures.files:
+        pairs = confused_pairs(evaluated.confusion, evaluated.classes, CONFUSED_PAIRS)
         lines += ["The class pairs the model confuses most (true → predicted), with test images it got wrong:", "",
                   "| true | predicted | images |", "|---|---|---|",
                   *[f"| {t} | {p} | {n} |" for t, p, n in pairs], "", "![Most-confused pairs](confused.png)", ""]
@@ -196,6 +182,8 @@ def champion_section(decision: PromotionDecision | None, run_dir: Path) -> str:
                   f"`{decision.champion.model_file}`.", ""]
     history = read_history(Path(decision.history_file).parent).tail(HISTORY_RUNS)
     if len(history) > 1:
+        from .plots import plot_history  # matplotlib: the one figure that changes with every run
+
         plot_history([f"{t[5:16]} {r[-8:]}" for t, r in zip(history["finished_at"], history["run_id"])],
                      history["test_accuracy"], history["promoted"].astype(bool), run_dir / "history.png")
         lines += ["![Recent runs](history.png)", ""]
@@ -206,6 +194,8 @@ def extra_section(cfg: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataR
     """Images per class from the archive and from each extra folder, and the files left out."""
     if extra is None:
         return ""
+    from ..training.step import training_data
+
     archive = np.bincount(training_data(cfg, dataset).y_train, minlength=len(extra.classes))
     frame = pd.DataFrame({"class": extra.classes, "archive": archive})
     for i, (folder, counts) in enumerate(zip(extra.folders, extra.counts)):

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-import torch
 from pydantic import BaseModel
 
 
@@ -76,6 +75,8 @@ def _cpu_flags() -> frozenset[str]:
 
 @cache
 def detect_cpu() -> CpuInfo:
+    import torch  # here, not at the top: records that name CpuSettings load without torch
+
     return CpuInfo(model=_cpu_model(), capability=torch.backends.cpu.get_cpu_capability(),
                    flags=_cpu_flags(), threads=torch.get_num_threads())
 

@@ -22,16 +22,15 @@ from tqdm import tqdm
 
 from ..config import PipelineConfig
 from ..data.dataset import DatasetRecord
-from ..data.extra import ExtraDataRecord, training_digest
+from ..data.extra import ExtraDataRecord
 from ..errors import TrainingDiverged
 from ..files import file_digest
 from ..models import count_parameters
-from ..stage import Stage
 from . import health
 from .checkpoint import save_checkpoint, try_load_checkpoint
 from .cpu_tuning import CpuSettings, current_cpu_settings
 from .optim import Lookahead, lr_factor, set_lr
-from .records import EpochCallback, EpochMetrics, TrainRecord
+from .records import TRAIN, EpochCallback, EpochMetrics, TrainRecord, training_inputs
 from .runtime import device_name, precision_name, resolve_device, tune_cpu_allocator
 from .scoring import score
 from .step import Step, TrainingData, new_model, new_step, start_epoch, sync, train_batches, training_data
@@ -39,24 +38,6 @@ from .step import Step, TrainingData, new_model, new_step, start_epoch, sync, tr
 log = logging.getLogger(__name__)
 
 LOSS_POINTS = 50  # points per epoch of the loss-by-step curve
-
-TRAIN = Stage("train", "training", TrainRecord, "training.loop")
-
-
-def training_inputs(config: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None = None) -> dict:
-    inputs = {"dataset": dataset.content_digest(), "train": config.group("train")}
-    if digest := training_digest(extra):  # only then: runs without extra images keep their keys
-        inputs["extra"] = digest
-    return inputs
-
-
-def training_key(cfg: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None = None) -> str:
-    return TRAIN.key(training_inputs(cfg, dataset, extra))
-
-
-def training_dir(cache_dir: str | os.PathLike, key: str) -> Path:
-    return TRAIN.entry(cache_dir, key)
-
 
 def train(
     cfg: PipelineConfig,

@@ -1,13 +1,26 @@
-"""What training returns: per-epoch metrics and the record of a finished training run."""
+"""What training returns and under which key: per-epoch metrics, the record of a finished run, the stage.
+
+Kept free of torch, like every record module: a cached run loads these records and keys its stages
+without importing what builds them (cifar_pipeline/training/loop.py).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from ..stage import Output, StageRecord
+from ..data.extra import training_digest
+from ..stage import Output, Stage, StageRecord
 from .cpu_tuning import CpuSettings
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
+    from ..data.dataset import DatasetRecord
+    from ..data.extra import ExtraDataRecord
 
 
 class EpochMetrics(BaseModel):
@@ -61,3 +74,21 @@ class TrainRecord(StageRecord):
 
 
 EpochCallback = Callable[[EpochMetrics, int], None]
+
+
+TRAIN = Stage("train", "training", TrainRecord, "training.loop")
+
+
+def training_inputs(config: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None = None) -> dict:
+    inputs = {"dataset": dataset.content_digest(), "train": config.group("train")}
+    if digest := training_digest(extra):  # only then: runs without extra images keep their keys
+        inputs["extra"] = digest
+    return inputs
+
+
+def training_key(cfg: PipelineConfig, dataset: DatasetRecord, extra: ExtraDataRecord | None = None) -> str:
+    return TRAIN.key(training_inputs(cfg, dataset, extra))
+
+
+def training_dir(cache_dir: str | os.PathLike, key: str) -> Path:
+    return TRAIN.entry(cache_dir, key)
