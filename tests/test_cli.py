@@ -29,7 +29,8 @@ def test_run_prints_one_json_line_last_and_progress_on_stderr(tmp_path, tiny_arc
     assert result["preset"] == "smoke" and result["status"] == "completed"
     assert 0 <= result["test_accuracy"] <= 1
     assert Path(result["report"]).is_file() and Path(result["checkpoint"]).is_file()
-    assert set(result["tasks"]) == {"download", "build-dataset", "train", "evaluate", "promote", "report"}
+    assert set(result["tasks"]) == {"download", "build-dataset", "train", "evaluate", "promote", "figures",
+                                   "report"}
     assert result["run_id"] and Path(result["run_dir"]).parent == tmp_path / "out" / "runs"
     assert "Finished in state" in proc.stderr  # Prefect's progress lines go to stderr
     assert all(line.startswith("{") for line in proc.stdout.strip().splitlines())
