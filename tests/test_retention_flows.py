@@ -15,13 +15,12 @@ import pytest
 
 from cifar_pipeline import layout
 from cifar_pipeline.config import PipelineConfig
-from cifar_pipeline.retention import TRASH_PREFIX, Policy, collect, tree_size
+from cifar_pipeline.retention import RESULTS_FOLDER, TRASH_PREFIX, Policy, collect, tree_size
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(preset="smoke", train_subset=0, test_subset=0, batch_size=32, width=8, epochs=1, retry_delay_s=0)
-STAGE_FOLDERS = ("archives", "datasets", "extra_data", "training", "evaluations")
 
 
 def run_flow(**values):
@@ -46,9 +45,9 @@ def gc_cli(output: Path, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def entry_files(cache: Path) -> dict[str, list[str]]:
-    """Every entry under its real name, with the files it holds."""
+    """Every entry under its real name, with the files it holds, in every stage's folder."""
     found = {}
-    for folder in STAGE_FOLDERS:
+    for folder in sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name != RESULTS_FOLDER):
         for entry in sorted((cache / folder).glob("[!.]*")):
             if entry.is_dir():
                 found[f"{folder}/{entry.name}"] = sorted(str(p.relative_to(entry)) for p in entry.rglob("*"))
