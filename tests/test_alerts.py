@@ -142,8 +142,8 @@ def regression_outputs(tmp_path_factory, tiny_dataset):
     """An output folder whose champion scored 100 % on the tiny test set, registered by the real code."""
     from cifar_pipeline.config import PipelineConfig
     from cifar_pipeline.evaluation import evaluate
-    from cifar_pipeline.registry import champion as champion_module
-    from cifar_pipeline.registry.champion import update_registry
+    from cifar_pipeline.registry import export as export_module
+    from cifar_pipeline.registry.champion import registry_dir, update_registry
     from cifar_pipeline.training.loop import train
 
     record, _ = tiny_dataset
@@ -151,12 +151,11 @@ def regression_outputs(tmp_path_factory, tiny_dataset):
     cfg = PipelineConfig(**TINY, output_dir=str(out)).resolved({})
     trained = train(cfg, record, out / "test-cache", progress=False)
     perfect = evaluate(cfg, trained, record, out / "test-cache").model_copy(update={"accuracy": 1.0})
-    export, champion_module.export_for_promotion = champion_module.export_for_promotion, lambda *a: (None, "skipped")
+    export, export_module.export_for_promotion = export_module.export_for_promotion, lambda *a: (None, "skipped")
     try:
-        assert update_registry(champion_module.registry_dir(cfg), "perfect-champion", cfg, trained, perfect,
-                               record, 1.0).promoted
+        assert update_registry(registry_dir(cfg), "perfect-champion", cfg, trained, perfect, record, 1.0).promoted
     finally:
-        champion_module.export_for_promotion = export
+        export_module.export_for_promotion = export
     return out
 
 
