@@ -2,7 +2,7 @@
 
 A task whose library function needs torch or matplotlib imports it in its body, and the records,
 stages and keys it imports at the top load without them: a rerun that every cache serves never
-imports either (about 3 s of a cached run).
+imports torch (2.4 s on a 2-core Zen 5) and imports matplotlib only for the trend of runs.
 """
 
 import logging
