@@ -9,7 +9,8 @@ of EPOCH_STEP, up to `max_epochs` (or the configured epochs: a budget alone only
 
 Given `budget_widths`, each width is measured and planned so; with a `budget_frontier` (measured
 accuracy per width and epochs, cifar_pipeline/training/frontier.py) the width whose planned epochs are
-predicted most accurate trains, otherwise the widest keeping MIN_EPOCH_SHARE of the configured epochs.
+predicted most accurate trains, for fewer epochs than fit where the frontier measured fewer to be more
+accurate by more than seed noise; otherwise the widest keeping MIN_EPOCH_SHARE of the configured epochs.
 
 Measurements are a stage keyed by machine and configuration, so an unchanged nightly run measures
 once, then plans the same epochs every night (and its training stays a cache hit).
@@ -103,6 +104,7 @@ class BudgetPlan(BaseModel):
     measured_at: str
     predicted_seconds: float = 0.0  # training time the plan expects for the planned epochs
     max_epochs: float = 0.0  # the cap the plan could grow to
+    fitting_epochs: float = 0.0  # the most that fit; more than planned_epochs when fewer are predicted better
     width: int | None = None  # chosen from budget_widths; None: the width as configured
     predicted_accuracy: float | None = None  # % from the frontier, when it covers the choice
     options: list[WidthOption] = []  # the widths measured, widest first
@@ -116,6 +118,9 @@ class BudgetPlan(BaseModel):
                 f"{self.predicted_seconds / 60:.1f} min{predicted}")
 
     def epochs_note(self) -> str:
+        if self.fitting_epochs > self.planned_epochs:
+            return (f"fewer than the {self.fitting_epochs:g} that fit: the measured frontier predicts "
+                    f"{self.planned_epochs:g} more accurate")
         if self.planned_epochs > self.configured_epochs:
             return f"grown from the configured {self.configured_epochs:g}, at most {self.max_epochs:g}"
         if self.planned_epochs == self.configured_epochs:
@@ -220,7 +225,8 @@ def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os
         if best is not None and reach[width] <= best.predicted_accuracy:
             break
         plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
-                         train_images, none_fit_ok=True)
+                         train_images, none_fit_ok=True,
+                         choose=lambda fit, w=width: frontier.best_epochs(cfg.budget_frontier, w, fit, frontier.SEED_SPREAD) or fit)
         accuracy = frontier.predict(cfg.budget_frontier, width, plan.planned_epochs) if plan.planned_epochs else None
         plan = plan.model_copy(update={"width": width, "predicted_accuracy": accuracy})
         plans.append(plan)
@@ -260,7 +266,9 @@ def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.Path
 
 
 def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
-              measure: Measure, train_images: int, none_fit_ok: bool = False) -> BudgetPlan:
+              measure: Measure, train_images: int, none_fit_ok: bool = False,
+              choose: Callable[[float], float] | None = None) -> BudgetPlan:
+    """The plan of `cfg` at its width; `choose(epochs that fit)` picks the epochs to train, when given."""
     measured = []
 
     def build(_entry) -> Measurement:
@@ -278,9 +286,13 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
         if not none_fit_ok:
             raise
         epochs = 0.0
+    fitting = epochs
+    if choose is not None and epochs:
+        epochs = choose(epochs)
     seconds_per_epoch = found.seconds_per_step * steps
     return BudgetPlan(
         budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs, max_epochs=cap,
+        fitting_epochs=fitting,
         seconds_per_epoch=seconds_per_epoch, predicted_seconds=training_seconds(found, epochs, steps),
         images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
         machine=machine, cached=not measured, measured_at=found.measured_at,

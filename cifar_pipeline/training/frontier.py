@@ -10,6 +10,10 @@ Between two measured epoch counts of a width, accuracy is interpolated linearly 
 the range measured it grows about evenly per doubling of training. Past the longest measured run of
 a width it stays at that run's figure (more epochs are not credited before they are measured), and
 below the shortest one the width has no prediction: nothing measured says how fast it falls.
+
+Accuracy need not grow with the epochs (a width can overfit past some length): given the epochs that
+fit, the run trains a shorter measured length only where it is predicted more accurate by more than
+the spread between seeds of one point (`best_epochs`), so seed noise in the table does not cut a run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import math
 from collections.abc import Iterable, Sequence
 
 Point = Sequence[float]  # (width, epochs, accuracy in %)
+
+# Points: the largest spread between two seeds of one point measured so far is 0.23 (benchmarks/RESULTS.md).
+SEED_SPREAD = 0.25
 
 
 def points_by_width(frontier: Iterable[Point]) -> dict[int, list[tuple[float, float]]]:
@@ -43,9 +50,24 @@ def predict(frontier: Iterable[Point], width: int, epochs: float) -> float | Non
     return measured[-1][1]
 
 
-def best_possible(frontier: Iterable[Point], width: int, max_epochs: float) -> float | None:
-    """The most `width` can be predicted to reach within `max_epochs`: what measuring it could gain."""
+def best_epochs(frontier: Iterable[Point], width: int, max_epochs: float, margin: float = 0.0) -> float | None:
+    """The epochs up to `max_epochs` to train `width` for: a shorter measured length where it is predicted
+    more than `margin` points more accurate (the most accurate such), else `max_epochs`; None when nothing
+    measured covers them.
+
+    The prediction is piecewise linear in log(epochs), so its best within a range lies at `max_epochs`
+    or at a measured epoch count below it.
+    """
     measured = points_by_width(frontier).get(width)
     if not measured or max_epochs < measured[0][0]:
         return None
-    return max(predict(frontier, width, e) or 0.0 for e in [max_epochs] + [e for e, _ in measured if e <= max_epochs])
+    at_most = predict(frontier, width, max_epochs)
+    shorter = [(predict(frontier, width, e), e) for e, _ in measured if e < max_epochs]
+    best = max(shorter, default=None)
+    return best[1] if best is not None and best[0] > at_most + margin else max_epochs
+
+
+def best_possible(frontier: Iterable[Point], width: int, max_epochs: float) -> float | None:
+    """The most `width` can be predicted to reach within `max_epochs`: what measuring it could gain."""
+    epochs = best_epochs(frontier, width, max_epochs)
+    return None if epochs is None else predict(frontier, width, epochs)
