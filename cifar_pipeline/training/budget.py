@@ -224,9 +224,12 @@ def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os
     for width in sorted((w for w, r in reach.items() if r is not None), key=lambda w: (-reach[w], w)):
         if best is not None and reach[width] <= best.predicted_accuracy:
             break
+
+        def choose(fit: float, width: int = width) -> float:
+            return frontier.best_epochs(cfg.budget_frontier, width, fit, frontier.SEED_SPREAD) or fit
+
         plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
-                         train_images, none_fit_ok=True,
-                         choose=lambda fit, w=width: frontier.best_epochs(cfg.budget_frontier, w, fit, frontier.SEED_SPREAD) or fit)
+                         train_images, none_fit_ok=True, choose=choose)
         accuracy = frontier.predict(cfg.budget_frontier, width, plan.planned_epochs) if plan.planned_epochs else None
         plan = plan.model_copy(update={"width": width, "predicted_accuracy": accuracy})
         plans.append(plan)

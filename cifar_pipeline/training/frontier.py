@@ -62,8 +62,7 @@ def best_epochs(frontier: Iterable[Point], width: int, max_epochs: float, margin
     if not measured or max_epochs < measured[0][0]:
         return None
     at_most = predict(frontier, width, max_epochs)
-    shorter = [(predict(frontier, width, e), e) for e, _ in measured if e < max_epochs]
-    best = max(shorter, default=None)
+    best = max(((accuracy, e) for e, accuracy in measured if e < max_epochs), default=None)
     return best[1] if best is not None and best[0] > at_most + margin else max_epochs
 
 
