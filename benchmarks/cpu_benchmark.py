@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import fixed_cost  # noqa: E402
 from benchmarks.user_runs import blog_script, pipeline_run, training_record  # noqa: E402
-from cifar_pipeline.config import PipelineConfig  # noqa: E402
+from cifar_pipeline.config import PipelineConfig, parse_recipe  # noqa: E402
 from cifar_pipeline.data.dataset import build_dataset, extract_archive  # noqa: E402
 from cifar_pipeline.data.download import fetch_archive  # noqa: E402
 from cifar_pipeline.evaluation import evaluate  # noqa: E402
@@ -70,12 +71,24 @@ def parse_parts(text: str) -> list[str]:
     return parts
 
 
-def parse_points(text: str) -> list[tuple[int, float]]:
-    """ "64x16,96x12" -> [(64, 16.0), (96, 12.0)]"""
+def parse_points(text: str) -> list[tuple[int, float, dict[str, str]]]:
+    """ "64x16,64x27[cutout=8]" -> [(64, 16.0, {}), (64, 27.0, {"cutout": "8"})]"""
+    points = []
     try:
-        return [(int(w), float(e)) for w, e in (p.strip().split("x") for p in text.split(",") if p.strip())]
+        for part in re.split(r",(?![^\[]*\])", text):
+            match = re.fullmatch(r"\s*(\d+)x([\d.]+)\s*(?:\[([^\]]*)\])?\s*", part)
+            if match is None:
+                raise ValueError(part)
+            width, epochs, recipe = match.groups()
+            points.append((int(width), float(epochs), parse_recipe(recipe or "")))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"points are WIDTHxEPOCHS,...; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"points are WIDTHxEPOCHS[FIELD=VALUE;...],...; got {text!r}") from None
+    return points
+
+
+def point_recipe(point: dict) -> str:
+    """ "[cutout=8]": a frontier point's changed fields as `budget_frontier` writes them ('' for none)."""
+    return f"[{';'.join(f'{k}={v}' for k, v in point['recipe'].items())}]" if point["recipe"] else ""
 
 
 def seed_trial(archive: str, md5: str, torchvision_root: Path, work: Path, epochs: int, trial: int) -> dict:
@@ -135,14 +148,17 @@ def budget_plans(dataset, widths: list[int | None], **overrides) -> list[dict]:
 
 
 def frontier_point(archive: str, md5: str, output: Path, width: int, epochs: float, seed: int,
-                   extra: tuple[str, ...] = ()) -> dict:
-    """One (width, epochs) point of the `cpu` recipe at fixed epochs, trained as a user would."""
+                   extra: tuple[str, ...] = (), recipe: dict[str, str] | None = None) -> dict:
+    """One (width, epochs) point of the `cpu` recipe, with `recipe`'s fields changed, at fixed epochs,
+    trained as a user would."""
+    recipe = recipe or {}
+    changes = [arg for k, v in recipe.items() for arg in (f"--{k.replace('_', '-')}", v)]
     run, summary = pipeline_run("--preset", "cpu", "--time-budget-min", "0", "--width", str(width),
                                 "--epochs", f"{epochs:g}", "--seed", str(seed), "--source", archive, "--md5", md5,
-                                "--output-dir", str(output), *extra)
+                                "--output-dir", str(output), *changes, *extra)
     record = training_record(summary)
     late = [e["seconds"] for e in record["epochs"][3:]] or [e["seconds"] for e in record["epochs"]]
-    return {"width": width, "epochs": epochs, "seed": seed, "test_accuracy": summary["test_accuracy"],
+    return {"width": width, "epochs": epochs, "recipe": recipe, "seed": seed, "test_accuracy": summary["test_accuracy"],
             "train_minutes": (record.get("wall_seconds") or record["train_seconds"]) / 60,
             "seconds_per_epoch_after_3": statistics.median(late), "cached": summary["tasks"].get("train") == "Cached",
             "wall_seconds": run.wall}
@@ -255,16 +271,16 @@ def main() -> None:
         rows += fixed_cost.rows(results["fixed"])
 
     if "frontier" in parts:
-        points = [frontier_point(args.archive, args.md5, Path(args.frontier_output), w, e, int(seed))
-                  for w, e in args.points for seed in args.seeds.split(",")]
+        points = [frontier_point(args.archive, args.md5, Path(args.frontier_output), w, e, int(seed), recipe=r)
+                  for w, e, r in args.points for seed in args.seeds.split(",")]
         results["frontier"] = points
         for p in points:
-            rows.append((f"frontier: width {p['width']} x {p['epochs']:g} epochs, seed {p['seed']}"
+            rows.append((f"frontier: width {p['width']} x {p['epochs']:g} epochs{point_recipe(p)}, seed {p['seed']}"
                          f"{' (cached)' if p['cached'] else ''}",
                          f"{p['test_accuracy']:.2%}; training {p['train_minutes']:.1f} min, "
                          f"{p['seconds_per_epoch_after_3']:.1f} s/epoch after epoch 3"))
-        rows.append(("budget_frontier entries", " ".join(f"{p['width']}x{p['epochs']:g}={100 * p['test_accuracy']:.2f}"
-                                                          for p in points)))
+        rows.append(("budget_frontier entries", " ".join(
+            f"{p['width']}x{p['epochs']:g}{point_recipe(p)}={100 * p['test_accuracy']:.2f}" for p in points)))
 
     print("\n| measurement | value |\n|---|---|")
     for name, value in rows:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ConfigError
@@ -37,6 +37,16 @@ def _load_presets() -> dict[str, dict[str, Any]]:
 _PRESET_FILE = _load_presets()
 DEFAULTS: dict[str, Any] = _PRESET_FILE["defaults"]
 PRESETS: dict[str, dict[str, Any]] = {k: v for k, v in _PRESET_FILE.items() if k != "defaults"}
+
+
+_Width = Annotated[int, Field(ge=4, le=512)]
+_Epochs = Annotated[float, Field(gt=0, le=1000)]
+_Accuracy = Annotated[float, Field(gt=0, le=100)]
+RecipeValue = Union[bool, int, float, str]  # noqa: UP007
+# Fields that change a step's speed or its noise but not what a run computes, or that a budget plan
+# chooses itself: a frontier point's figure stands for any seed and for these layouts and precisions,
+# which train the same arithmetic to within seed noise (benchmarks/RESULTS.md).
+NOT_RECIPE = frozenset({"epochs", "width", "seed", "channels_last", "precision", "compile"})
 
 
 def _field(group: str, description: str) -> Any:
@@ -124,10 +134,12 @@ class PipelineConfig(BaseModel):
         "budget", "With a time budget: the most epochs a plan may grow to when the budget allows more than "
         "the configured epochs (0 = the configured epochs: the budget only shrinks a run)."
     )
-    budget_frontier: Opt(list[tuple[Annotated[int, Field(ge=4, le=512)], Annotated[float, Field(gt=0, le=1000)],
-                                    Annotated[float, Field(gt=0, le=100)]]]) = _field(
+    budget_frontier: Opt(list[Union[tuple[_Width, _Epochs, _Accuracy],  # noqa: UP007
+                                    tuple[_Width, _Epochs, _Accuracy, dict[str, RecipeValue]]]]) = _field(
         "budget", "Measured test accuracy in percent of this recipe per width and epochs, as WIDTHxEPOCHS=ACCURACY "
-        "(e.g. 64x16=91.52); the plan picks the width and epochs these predict most accurate for the budget."
+        "(e.g. 64x16=91.52), or of the recipe with some fields changed, as WIDTHxEPOCHS[FIELD=VALUE;...]=ACCURACY "
+        "(e.g. 64x27[cutout=8]=92.04); the plan picks the width, epochs and recipe these predict most accurate "
+        "for the budget."
     )
     optimizer: Opt(Literal["sgd", "muon"]) = _field(
         "train", "sgd: SGD for every weight; muon: Muon for conv filters, SGD for biases and the head."
@@ -225,10 +237,15 @@ class PipelineConfig(BaseModel):
     @classmethod
     def _parse_frontier(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part for part in value.replace(",", " ").split()]
+            value = [part for part in re.split(r"[\s,]+(?![^\[]*\])", value) if part]  # not within [...]
         if isinstance(value, list):
             value = [_frontier_point(v) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("budget_frontier", mode="after")
+    @classmethod
+    def _check_frontier_recipes(cls, value: Any) -> Any:
+        return None if value is None else [_recipe_point(point) for point in value]
 
     @field_validator("md5", mode="before")
     @classmethod
@@ -280,12 +297,50 @@ class PipelineConfig(BaseModel):
         return self.model_dump(exclude_none=True, exclude={"preset"})
 
 
-def _frontier_point(text: str) -> tuple[str, str, str]:
-    """ "64x16=91.52" -> ("64", "16", "91.52"): pydantic then checks the numbers' ranges."""
-    match = re.fullmatch(r"\s*(\d+)\s*x\s*([\d.]+)\s*=\s*([\d.]+)\s*%?\s*", text)
+def recipe_fields() -> list[str]:
+    """The fields a frontier point's accuracy depends on: those of training and the TTA, but NOT_RECIPE."""
+    fields = PipelineConfig.model_fields
+    return [k for k, f in fields.items()
+            if ((f.json_schema_extra or {}).get("group") == "train" or k == "tta") and k not in NOT_RECIPE]
+
+
+def _frontier_point(text: str) -> tuple:
+    """ "64x16=91.52" -> ("64", "16", "91.52"), "64x27[cutout=8]=92" -> ("64", "27", "92", {"cutout": "8"}):
+    pydantic then checks the numbers' ranges and the recipe's fields."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*([\d.]+)\s*(?:\[([^\]]*)\])?\s*=\s*([\d.]+)\s*%?\s*", text)
     if not match:
-        raise ValueError(f"{text!r} is not WIDTHxEPOCHS=ACCURACY, e.g. 64x16=91.52")
-    return match.groups()
+        raise ValueError(f"{text!r} is not WIDTHxEPOCHS=ACCURACY or WIDTHxEPOCHS[FIELD=VALUE;...]=ACCURACY, "
+                         "e.g. 64x16=91.52 or 64x27[cutout=8]=92.04")
+    width, epochs, recipe, accuracy = match.groups()
+    return (width, epochs, accuracy) if recipe is None else (width, epochs, accuracy, parse_recipe(recipe))
+
+
+def parse_recipe(text: str) -> dict[str, str]:
+    """ "cutout=8; tta=1" -> {"cutout": "8", "tta": "1"}: a frontier point's changed fields, as written in its
+    brackets (the values are typed when the point is validated)."""
+    pairs = [part.split("=", 1) for part in text.split(";") if part.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError(f"{text!r}: the recipe in brackets is FIELD=VALUE;..., e.g. [cutout=8;tta=1]")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _recipe_point(point: tuple) -> tuple:
+    """A frontier point with its recipe's fields checked and their values typed as the fields are (an empty
+    recipe is the configured one: the plain three numbers)."""
+    if len(point) == 3 or not point[3]:
+        return tuple(point[:3])
+    allowed = recipe_fields()
+    recipe = {}
+    for name, value in point[3].items():
+        if name not in allowed:
+            raise ValueError(f"a frontier point's recipe cannot set {name!r}; it sets fields that change what a "
+                             f"run computes: {', '.join(allowed)}")
+        field = PipelineConfig.model_fields[name]
+        try:
+            recipe[name] = TypeAdapter(field.annotation).validate_python(value)
+        except ValidationError as exc:
+            raise ValueError(f"a frontier point's {name}={value!r}: {exc.errors()[0]['msg']}") from None
+    return (*point[:3], dict(sorted(recipe.items())))
 
 
 def validate_config(data: Mapping[str, Any]) -> PipelineConfig:

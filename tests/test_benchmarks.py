@@ -12,6 +12,7 @@ from benchmarks.cpu_benchmark import (
     matmul_peak_gflops,
     parse_parts,
     parse_points,
+    point_recipe,
     seed_net_flops_per_image,
     seed_trial,
 )
@@ -35,7 +36,8 @@ def test_flop_count_matches_the_net():
 
 def test_parts_are_checked_and_the_header_names_the_cpu_class():
     assert parse_parts("seed, fixed") == ["seed", "fixed"]
-    assert parse_points("64x16, 96x12.5") == [(64, 16.0), (96, 12.5)]
+    assert parse_points("64x16, 96x12.5,64x27[cutout=8; tta=1]") == [(64, 16.0, {}), (96, 12.5, {}),
+                                                                   (64, 27.0, {"cutout": "8", "tta": "1"})]
     with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxEPOCHS"):
         parse_points("64-16")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown part"):
@@ -64,6 +66,9 @@ def test_frontier_point_trains_at_fixed_epochs_and_is_cached_the_second_time(tin
     assert first["width"] == 8 and 0 <= first["test_accuracy"] <= 1 and not first["cached"]
     again = frontier_point(str(path), md5, tmp_path / "out", width=8, epochs=1, seed=0, extra=small)
     assert again["cached"] and again["test_accuracy"] == first["test_accuracy"]
+    cut = frontier_point(str(path), md5, tmp_path / "out", width=8, epochs=1, seed=0, extra=small,
+                         recipe={"cutout": "4"})
+    assert not cut["cached"] and point_recipe(cut) == "[cutout=4]"  # another recipe: another training key
 
 
 def test_budget_part_plans_the_cpu_preset_per_width(tiny_dataset):

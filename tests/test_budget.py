@@ -7,7 +7,7 @@ import pytest
 from cifar_pipeline.config import PipelineConfig, validate_config
 from cifar_pipeline.errors import ConfigError
 from cifar_pipeline.training.budget import (BudgetPlan, Measurement, Speed, measure_steps, plan_epochs, plan_training,
-                                            planned_config, training_seconds)
+                                            planned_config, recipe_changes, training_seconds)
 from cifar_pipeline.training.frontier import best_epochs, best_possible, predict
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.training.records import training_key
@@ -222,11 +222,46 @@ def test_fewer_epochs_train_where_the_frontier_measured_them_more_accurate(tmp_p
     assert (short.planned_epochs, short.fitting_epochs) == (17, 17) and "fewer" not in short.summary()
 
 
+def test_a_recipe_change_measured_to_pay_on_long_runs_is_made_only_where_they_fit(tmp_path):
+    # Cutout measured below the plain recipe at 16 epochs and above it at 27, where the plain one overfits.
+    points = [(64, 16, 91.5), (64, 20, 91.8), (64, 27, 91.4), (64, 16, 91.3, {"cutout": 8}),
+              (64, 27, 92.0, {"cutout": 8})]
+    cfg = _cfg(epochs=16, max_epochs=32, budget_widths=[64], budget_frontier=points)
+    calls = []
+
+    def measure(config):
+        calls.append((config.width, config.cutout))
+        return Speed(50 / 25, 50 / 25, 25, 3)
+
+    # 15 min at 50 s per epoch: 17 fit; cutout could reach 92.0 % so it is planned first, but at 17 epochs
+    # it is read at 91.38 % against the plain recipe's 91.58 %. Cutout does not change a step's work: the
+    # plain recipe reuses cutout's measurement.
+    short = plan_training(cfg, "md5", tmp_path, MACHINE, measure, train_images=50000)
+    assert (short.width, short.planned_epochs, short.recipe, calls) == (64, 17, {}, [(64, 8)])
+    assert short.predicted_accuracy == pytest.approx(91.5 + 0.3 * math.log(17 / 16) / math.log(20 / 16))
+    assert "width 64 with cutout=8: 50 s/epoch, 17 epochs (predicted 91.38 %)" in short.width_note()
+    # 30 min: the cap of 32 fits; cutout is read at its 27 epochs' 92.0 %, beyond anything the plain recipe
+    # measured, which is therefore not considered.
+    calls.clear()
+    long = plan_training(cfg.model_copy(update={"time_budget_min": 30.0}), "md5", tmp_path, MACHINE, measure,
+                         train_images=50000)
+    assert (long.width, long.planned_epochs, long.recipe, long.predicted_accuracy) == (64, 32, {"cutout": 8}, 92.0)
+    assert calls == []  # measured before: reused
+    assert "trains 32 epochs at width 64 with cutout=8 (" in long.summary()
+    trained = planned_config(cfg, long)
+    assert (trained.cutout, trained.epochs) == (8, 32)
+    assert training_key(trained, DATA) != training_key(planned_config(cfg, short), DATA)
+
+
 def test_the_frontier_is_given_as_width_x_epochs_equals_accuracy():
-    cfg = PipelineConfig(preset="cpu", budget_frontier="64x16=91.5, 96x12=92").resolved({})
-    assert cfg.budget_frontier == [(64, 16.0, 91.5), (96, 12.0, 92.0)]
-    with pytest.raises(ConfigError, match="budget_frontier"):
-        validate_config({"preset": "cpu", "budget_frontier": ["64-16"]})
+    cfg = PipelineConfig(preset="cpu", budget_frontier="64x16=91.5, 96x12=92 64x27[cutout=8; tta=1]=92.1").resolved({})
+    assert cfg.budget_frontier == [(64, 16.0, 91.5), (96, 12.0, 92.0), (64, 27.0, 92.1, {"cutout": 8, "tta": 1})]
+    assert validate_config({"preset": "cpu", "budget_frontier": [[64, 27, 92.1, {}]]}).budget_frontier == [
+        (64, 27.0, 92.1)]  # no change: the recipe itself
+    for bad, message in [("64-16", "is not WIDTHxEPOCHS=ACCURACY"), ("64x27[seed=1]=92", "cannot set 'seed'"),
+                         ("64x27[cutout=big]=92", "cutout='big'"), ("64x27[cutout]=92", "FIELD=VALUE")]:
+        with pytest.raises(ConfigError, match=message):
+            validate_config({"preset": "cpu", "budget_frontier": [bad]})
 
 
 def test_a_width_asked_for_turns_the_width_choice_off():
@@ -297,7 +332,8 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
 @pytest.mark.parametrize(("speeds", "expected"), [
     # The budget warm-up's seconds per epoch measured on the Intel AVX-512 BF16 machine (RESULTS.md):
     # width 64 grows past its 16 epochs to use the 15 minutes: 21 fit, predicted 0.06 points below 64 x 20
-    # (the frontier falls towards 64 x 27), which is seed noise, so all 21 train.
+    # (the frontier falls towards 64 x 27), which is seed noise, so all 21 train; with cutout 21 epochs read
+    # 91.71 % (between its 20 and 27), below the plain recipe's 91.76 %. Both share one measurement.
     ({64: 40.1, 48: 28.8, 32: 18.2}, (64, 21, [64])),
     # Emulated AVX2 (fp32): 64 fits 4.5 epochs, 48 7.5, 32 13.5: the narrow, long run is predicted best
     # (13.5 epochs read 0.13 points below 32 x 12: seed noise, not a reason to train fewer).
@@ -309,11 +345,45 @@ def test_the_cpu_presets_own_frontier_on_measured_speeds(tmp_path, speeds, expec
 
 
 def test_the_cpu_preset_at_30_minutes_trains_its_most_accurate_measured_length(tmp_path):
-    # The Zen 5 machine's width 64 (63 s per epoch): 27 epochs fit, read at 64 x 27's 91.44 %; 64 x 20
-    # measured 91.82 %, more than seed noise above: 20 train.
+    # The Zen 5 machine's width 64 (63 s per epoch): 27 epochs fit. Without cutout they read at 64 x 27's
+    # 91.44 % and 64 x 20 measured 91.82 %, more than seed noise above; with 8-pixel cutout 64 x 27
+    # measured 92.04 % / 91.74 % (seeds 0 / 1; mean 91.89 %): all 27 train, with cutout.
     cfg = PipelineConfig(preset="cpu", time_budget_min=30).resolved({})
-    plan = _check_cpu_plan(tmp_path, cfg, {64: 63.0, 48: 41.0, 32: 20.0}, (64, 20, [64]))
-    assert plan.fitting_epochs == 27 and plan.predicted_accuracy == pytest.approx(91.82)
+    plan = _check_cpu_plan(tmp_path, cfg, {64: 63.0, 48: 41.0, 32: 20.0}, (64, 27, [64]))
+    assert plan.recipe == {"cutout": 8} and plan.predicted_accuracy == pytest.approx((92.04 + 91.74) / 2)
+    assert planned_config(cfg, plan).cutout == 8
+    # 15 minutes fit 13.5 epochs at width 64, shorter than any cutout run measured: the plain recipe, where
+    # 48 x 20.5 (91.38 %) beats 64 x 13.5 (read at 91.13 %).
+    short = _check_cpu_plan(tmp_path, cfg.model_copy(update={"time_budget_min": 15.0}),
+                            {64: 63.0, 48: 41.0, 32: 20.0}, (48, 20.5, [48]))
+    assert short.recipe == {} and planned_config(cfg, short).cutout == 0
+
+
+def test_a_recipe_changed_from_the_presets_is_planned_by_the_points_measured_with_that_change(tmp_path):
+    speeds = {64: 63.0, 48: 41.0, 32: 20.0}  # Zen 5, as above
+
+    def plan(**fields):
+        cfg = PipelineConfig(preset="cpu", time_budget_min=15, **fields).resolved({})
+        return plan_training(cfg, "md5", tmp_path, MACHINE, _by_width(speeds, []), train_images=50000)
+
+    # 8-pixel cutout asked for: only cutout's points hold, and 13.5 epochs are shorter than any of them, so
+    # the plan has no frontier to go by and takes the widest rule (the plain recipe would train 48 x 20.5).
+    cut = plan(cutout=8)
+    assert (cut.width, cut.planned_epochs, cut.predicted_accuracy, cut.frontier_ignored) == (64, 13.5, None, [])
+    # A change no point measured: the preset's frontier is not used at all, and the plan says why.
+    assert recipe_changes(PipelineConfig(preset="cpu", cutout=12, lr=1.5).resolved({})) == ["lr=1.5", "cutout=12"]
+    changed = plan(cutout=12, lr=1.5)
+    assert (changed.width, changed.planned_epochs, changed.predicted_accuracy) == (64, 13.5, None)
+    assert changed.frontier_ignored == ["lr=1.5", "cutout=12"]
+    assert "frontier not used, the recipe changes lr=1.5, cutout=12" in changed.summary()
+    assert "this run changes lr=1.5, cutout=12" in changed.width_note()
+    # The seed, precision and layout train the recipe the frontier measured.
+    same = PipelineConfig(preset="cpu", seed=3, precision="fp32", channels_last=False).resolved({})
+    assert recipe_changes(same) == []
+    # A frontier given with the run is its own, changes and all.
+    own = plan(cutout=12, lr=1.5, budget_frontier="64x12=91.0,64x16=91.3")
+    assert own.frontier_ignored == [] and own.predicted_accuracy == pytest.approx(91.0 + 0.3 * math.log(13.5 / 12)
+                                                                                  / math.log(16 / 12))
 
 
 def _check_cpu_plan(tmp_path, cfg, speeds, expected):

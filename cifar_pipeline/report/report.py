@@ -151,7 +151,7 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
                      f"per epoch ({budget.images_per_second:.0f} images/s"
                      f"{', measured ' + budget.measured_at + ' and reused' if budget.cached else ''}), so training "
                      f"ran {budget.planned_epochs:g} epochs ({budget.epochs_note()})"
-                     f"{f' at width {budget.width}' if budget.width is not None else ''}, planned to take "
+                     f"{budget.chosen()}, planned to take "
                      f"{budget.predicted_seconds / 60:.1f} min; it took {trained.wall_seconds / 60:.1f} min "
                      f"({trained.wall_seconds / (budget.budget_min * 60):.0%} of the budget).")
         if note := budget.width_note():

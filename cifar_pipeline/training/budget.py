@@ -11,6 +11,11 @@ Given `budget_widths`, each width is measured and planned so; with a `budget_fro
 accuracy per width and epochs, cifar_pipeline/training/frontier.py) the width whose planned epochs are
 predicted most accurate trains, for fewer epochs than fit where the frontier measured fewer to be more
 accurate by more than seed noise; otherwise the widest keeping MIN_EPOCH_SHARE of the configured epochs.
+A frontier's points may carry recipe changes (cutout on, say): the plan then chooses width and recipe
+together, each candidate at its own measured speed (recipes that change only the augmentation share
+one). A preset's frontier holds for the preset's recipe: a run that changes some of its fields takes
+only the points measured with the same changes, and without any is planned without a frontier
+(`frontier_recipes`); the report says which fields did it.
 
 Measurements are a stage keyed by machine and configuration, so an unchanged nightly run measures
 once, then plans the same epochs every night (and its training stays a cache hit).
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import BaseModel
 
-from ..config import PipelineConfig
+from ..config import PipelineConfig, RecipeValue, recipe_fields
 from ..errors import ConfigError
 from ..stage import Stage, StageRecord
 from . import frontier
@@ -88,6 +93,7 @@ def training_seconds(measured: Measurement, epochs: float, steps_per_epoch: int)
 
 class WidthOption(BaseModel):
     width: int
+    recipe: dict[str, RecipeValue] = {}  # the frontier recipe's changed fields
     seconds_per_epoch: float
     epochs: float  # 0: not even one epoch fits
     predicted_accuracy: float | None = None  # % from the frontier; None: nothing measured covers it
@@ -107,15 +113,22 @@ class BudgetPlan(BaseModel):
     fitting_epochs: float = 0.0  # the most that fit; more than planned_epochs when fewer are predicted better
     width: int | None = None  # chosen from budget_widths; None: the width as configured
     predicted_accuracy: float | None = None  # % from the frontier, when it covers the choice
+    recipe: dict[str, RecipeValue] = {}  # fields the chosen frontier recipe changes (cutout on, say)
     options: list[WidthOption] = []  # the widths measured, widest first
+    frontier_ignored: list[str] = []  # recipe fields changed from the preset's, whose frontier was not used
+
+    def chosen(self) -> str:
+        """' at width 64 with cutout=8': what the plan chose besides the epochs ('' when nothing)."""
+        return f"{f' at width {self.width}' if self.width is not None else ''}{with_recipe(self.recipe)}"
 
     def summary(self) -> str:
-        width = f" at width {self.width}" if self.width is not None else ""
+        width = self.chosen()
         predicted = f", predicted {self.predicted_accuracy:.2f} %" if self.predicted_accuracy is not None else ""
+        ignored = f"; frontier not used, the recipe changes {', '.join(self.frontier_ignored)}"
         return (f"time budget {self.budget_min:g} min: measured {self.seconds_per_epoch:.1f} s/epoch "
                 f"({self.images_per_second:.0f} img/s{', cached' if self.cached else ''}) on {self.machine}; "
                 f"trains {self.planned_epochs:g} epochs{width} ({self.epochs_note()}) in a predicted "
-                f"{self.predicted_seconds / 60:.1f} min{predicted}")
+                f"{self.predicted_seconds / 60:.1f} min{predicted}{ignored if self.frontier_ignored else ''}")
 
     def epochs_note(self) -> str:
         if self.fitting_epochs > self.planned_epochs:
@@ -129,16 +142,23 @@ class BudgetPlan(BaseModel):
 
     def width_note(self) -> str:
         """Why this width, for the report: what each width measured would have trained."""
+        ignored = (f"The preset's measured frontier was not used: it was measured for the preset's recipe, "
+                   f"and this run changes {', '.join(self.frontier_ignored)}. " if self.frontier_ignored else "")
         if self.width is None or len(self.options) < 2:
-            return ""
+            return ignored.rstrip()
         tried = ", ".join(
-            f"width {o.width}: {o.seconds_per_epoch:.0f} s/epoch, "
+            f"width {o.width}{with_recipe(o.recipe)}: {o.seconds_per_epoch:.0f} s/epoch, "
             f"{f'{o.epochs:g} epochs' if o.epochs else 'not one epoch'}"
             f"{f' (predicted {o.predicted_accuracy:.2f} %)' if o.predicted_accuracy is not None else ''}"
             for o in self.options)
         rule = ("the most accurate for the time by the measured frontier" if self.predicted_accuracy is not None
                 else f"the widest keeping at least {MIN_EPOCH_SHARE:.0%} of the configured epochs")
-        return f"Width {self.width} chosen from {tried} ({rule})."
+        return f"{ignored}Width {self.width}{with_recipe(self.recipe)} chosen from {tried} ({rule})."
+
+
+def with_recipe(recipe: dict[str, RecipeValue]) -> str:
+    """' with cutout=8' for a recipe's changed fields; '' for none."""
+    return " with " + ", ".join(f"{k}={v}" for k, v in recipe.items()) if recipe else ""
 
 
 def epoch_cap(cfg: PipelineConfig) -> float:
@@ -175,12 +195,19 @@ def plan_epochs(budget_min: float, max_epochs: float, seconds: Callable[[float],
 
 
 MEASURE = Stage("measure-speed", "budget", Measurement, "training.budget")
+# Fields that change only which pixels a step sees or its loss's targets, not the work of a step: the
+# augmentations cost about 1 % of an epoch ("data" in the epoch log: 1.1-1.5 s of 95-137 s at width 64
+# with 8-pixel cutout, Zen 4), well inside the tenth epochs drift, so recipes differing only in these
+# share one measurement.
+SPEED_NEUTRAL = ("flip", "translate", "cutout", "brightness", "contrast", "label_smoothing")
 
 
 def measurement_inputs(machine: str, cfg: PipelineConfig, data_digest: str) -> dict:
-    # The training inputs minus the epochs (the budget's fields are in no training key): neither changes
-    # the speed of a step.
-    return {"machine": machine, "dataset": data_digest, "train": cfg.model_copy(update={"epochs": 1.0}).group("train")}
+    # The training inputs minus the epochs (the budget's fields are in no training key) and SPEED_NEUTRAL:
+    # none changes the speed of a step.
+    train = cfg.model_copy(update={"epochs": 1.0}).group("train")
+    return {"machine": machine, "dataset": data_digest,
+            "train": {k: v for k, v in train.items() if k not in SPEED_NEUTRAL}}
 
 
 Measure = Callable[[PipelineConfig], Speed]
@@ -198,40 +225,76 @@ def plan_training(
     """Plan the epochs of `cfg` (and its width, given `budget_widths`) over `train_images` images within
     its time budget. `measure(config)` runs only when this machine and configuration have no stored
     measurement."""
+    recipes, ignored = frontier_recipes(cfg) if cfg.budget_widths else ({}, [])
     if not cfg.budget_widths:
         plan = _plan_one(cfg, data_digest, cache_dir, machine, measure, train_images)
-    elif cfg.budget_frontier and any(frontier.best_possible(cfg.budget_frontier, w, epoch_cap(cfg)) is not None
-                                     for w in cfg.budget_widths):
-        plan = _plan_by_frontier(cfg, data_digest, cache_dir, machine, measure, train_images)
+    elif any(frontier.best_possible(points, w, epoch_cap(cfg)) is not None
+             for points in recipes.values() for w in cfg.budget_widths):
+        plan = _plan_by_frontier(cfg, recipes, data_digest, cache_dir, machine, measure, train_images)
     else:
         plan = _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
+    plan = plan.model_copy(update={"frontier_ignored": ignored})
     log.info("%s", plan.summary())
     return plan
 
 
-def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
-                      measure: Measure, train_images: int) -> BudgetPlan:
-    """The width whose planned epochs the frontier predicts most accurate (ties: the shorter run).
+def frontier_recipes(cfg: PipelineConfig) -> tuple[dict[frontier.Recipe, list[frontier.Point]], list[str]]:
+    """The recipes of `cfg`'s frontier that hold for it, with their points; and, when the preset's frontier
+    holds for none, the changed fields (as field=value) that ruled it out.
 
-    Widths are measured in the order of the most they could reach and only while one could still beat
+    A frontier given with the run is the run's own: all of it holds. The preset's was measured on the
+    preset's recipe: a run that changes none of its fields may take any of its recipes, one that changes
+    some only those that make the same changes.
+    """
+    if not cfg.budget_frontier:
+        return {}, []
+    recipes = frontier.by_recipe(cfg.budget_frontier)
+    preset = _preset(cfg)
+    changes = recipe_changes(cfg)
+    if cfg.budget_frontier != preset.budget_frontier or not changes:
+        return recipes, []
+    same = {recipe: points for recipe, points in recipes.items()
+            if all(dict(recipe).get(k, getattr(preset, k)) == getattr(cfg, k) for k in recipe_fields())}
+    return same, [] if same else changes
+
+
+def recipe_changes(cfg: PipelineConfig) -> list[str]:
+    """The fields (as field=value) in which the recipe `cfg` trains and evaluates differs from its preset's."""
+    preset = _preset(cfg)
+    return [f"{k}={getattr(cfg, k)}" for k in recipe_fields() if getattr(cfg, k) != getattr(preset, k)]
+
+
+def _preset(cfg: PipelineConfig) -> PipelineConfig:
+    return PipelineConfig(preset=cfg.preset).resolved({})
+
+
+def _plan_by_frontier(cfg: PipelineConfig, recipes: dict[frontier.Recipe, list[frontier.Point]],
+                      data_digest: str, cache_dir: str | os.PathLike, machine: str, measure: Measure,
+                      train_images: int) -> BudgetPlan:
+    """The width and recipe whose planned epochs the frontier predicts most accurate (ties: the shorter run).
+
+    Candidates are measured in the order of the most they could reach and only while one could still beat
     the best so far, so a machine measures what can change the answer, and widths the frontier does not
     cover are left out.
     """
     cap = epoch_cap(cfg)
-    reach = {w: frontier.best_possible(cfg.budget_frontier, w, cap) for w in set(cfg.budget_widths)}
+    reach = {(w, recipe): frontier.best_possible(points, w, cap)
+             for recipe, points in recipes.items() for w in set(cfg.budget_widths)}
     best: BudgetPlan | None = None
     plans: list[BudgetPlan] = []
-    for width in sorted((w for w, r in reach.items() if r is not None), key=lambda w: (-reach[w], w)):
-        if best is not None and reach[width] <= best.predicted_accuracy:
+    for width, recipe in sorted((c for c, r in reach.items() if r is not None),
+                                key=lambda c: (-reach[c], c[0], len(c[1]), str(c[1]))):
+        if best is not None and reach[width, recipe] <= best.predicted_accuracy:
             break
+        points = recipes[recipe]
 
-        def choose(fit: float, width: int = width) -> float:
-            return frontier.best_epochs(cfg.budget_frontier, width, fit, frontier.SEED_SPREAD) or fit
+        def choose(fit: float, width: int = width, points: list[frontier.Point] = points) -> float:
+            return frontier.best_epochs(points, width, fit, frontier.SEED_SPREAD) or fit
 
-        plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
-                         train_images, none_fit_ok=True, choose=choose)
-        accuracy = frontier.predict(cfg.budget_frontier, width, plan.planned_epochs) if plan.planned_epochs else None
-        plan = plan.model_copy(update={"width": width, "predicted_accuracy": accuracy})
+        plan = _plan_one(cfg.model_copy(update={"width": width, **dict(recipe)}), data_digest, cache_dir, machine,
+                         measure, train_images, none_fit_ok=True, choose=choose)
+        accuracy = frontier.predict(points, width, plan.planned_epochs) if plan.planned_epochs else None
+        plan = plan.model_copy(update={"width": width, "recipe": dict(recipe), "predicted_accuracy": accuracy})
         plans.append(plan)
         if accuracy is not None and (best is None or (accuracy, -plan.predicted_seconds)
                                      > (best.predicted_accuracy, -best.predicted_seconds)):
@@ -242,8 +305,8 @@ def _plan_by_frontier(cfg: PipelineConfig, data_digest: str, cache_dir: str | os
 
 
 def _options(plans: list[BudgetPlan]) -> list[WidthOption]:
-    return [WidthOption(width=p.width, seconds_per_epoch=p.seconds_per_epoch, epochs=p.planned_epochs,
-                        predicted_accuracy=p.predicted_accuracy) for p in plans]
+    return [WidthOption(width=p.width, recipe=p.recipe, seconds_per_epoch=p.seconds_per_epoch,
+                        epochs=p.planned_epochs, predicted_accuracy=p.predicted_accuracy) for p in plans]
 
 
 def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
@@ -303,11 +366,11 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
 
 
 def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConfig:
-    """The config training runs: its epochs are the planned ones, so the training key (and the lr
-    schedule) follow the epochs actually trained."""
+    """The config training runs: its epochs (width, recipe) are the planned ones, so the training key (and
+    the lr schedule) follow what is actually trained."""
     if plan is None:
         return cfg
-    update = {"epochs": plan.planned_epochs}
+    update = {"epochs": plan.planned_epochs, **plan.recipe}
     if plan.width is not None:
         update["width"] = plan.width
     return cfg.model_copy(update=update)

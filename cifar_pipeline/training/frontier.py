@@ -11,6 +11,10 @@ the range measured it grows about evenly per doubling of training. Past the long
 a width it stays at that run's figure (more epochs are not credited before they are measured), and
 below the shortest one the width has no prediction: nothing measured says how fast it falls.
 
+A point may name recipe fields it changed from the configured recipe (`(64, 27, 92.04, {"cutout": 8})`):
+each recipe's points form a frontier of their own (`by_recipe`), and the budget chooses between them as
+between widths, so a change that pays only on long runs (cutout) is made only where they fit.
+
 Accuracy need not grow with the epochs (a width can overfit past some length): given the epochs that
 fit, the run trains a shorter measured length only where it is predicted more accurate by more than
 the spread between seeds of one point (`best_epochs`), so seed noise in the table does not cut a run.
@@ -21,10 +25,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-Point = Sequence[float]  # (width, epochs, accuracy in %)
+Point = Sequence[float]  # (width, epochs, accuracy in %), of one recipe
+Recipe = tuple[tuple[str, object], ...]  # the fields a recipe changes, sorted: () is the configured recipe
 
 # Points: the largest spread between two seeds of one point measured so far is 0.23 (benchmarks/RESULTS.md).
 SEED_SPREAD = 0.25
+
+
+def by_recipe(frontier: Iterable[Sequence]) -> dict[Recipe, list[Point]]:
+    """{recipe: its (width, epochs, accuracy) points} of points that may carry a recipe's changed fields."""
+    recipes: dict[Recipe, list[Point]] = {}
+    for point in frontier:
+        recipe = tuple(sorted(point[3].items())) if len(point) > 3 else ()
+        recipes.setdefault(recipe, []).append(tuple(point[:3]))
+    return recipes
 
 
 def points_by_width(frontier: Iterable[Point]) -> dict[int, list[tuple[float, float]]]:
