@@ -250,7 +250,7 @@ def frontier_recipes(cfg: PipelineConfig) -> tuple[dict[frontier.Recipe, list[fr
         return {}, []
     recipes = frontier.by_recipe(cfg.budget_frontier)
     preset = _preset(cfg)
-    changes = recipe_changes(cfg)
+    changes = recipe_changes(cfg, preset)
     if cfg.budget_frontier != preset.budget_frontier or not changes:
         return recipes, []
     same = {recipe: points for recipe, points in recipes.items()
@@ -258,9 +258,10 @@ def frontier_recipes(cfg: PipelineConfig) -> tuple[dict[frontier.Recipe, list[fr
     return same, [] if same else changes
 
 
-def recipe_changes(cfg: PipelineConfig) -> list[str]:
-    """The fields (as field=value) in which the recipe `cfg` trains and evaluates differs from its preset's."""
-    preset = _preset(cfg)
+def recipe_changes(cfg: PipelineConfig, preset: PipelineConfig | None = None) -> list[str]:
+    """The fields (as field=value) in which the recipe `cfg` trains and evaluates differs from its preset's
+    (`preset`, resolved, when the caller has it)."""
+    preset = preset or _preset(cfg)
     return [f"{k}={getattr(cfg, k)}" for k in recipe_fields() if getattr(cfg, k) != getattr(preset, k)]
 
 
