@@ -1,6 +1,7 @@
 """The time-budget planner with the measurement injected: rounding, caching, the width and epochs chosen."""
 
 import math
+import os
 
 import pytest
 
@@ -23,12 +24,15 @@ def per_epoch(seconds: float):
 
 @pytest.mark.parametrize(("budget_min", "seconds_per_epoch", "expected"), [
     (15, 53, 16),     # 16 epochs take 848 s, within 95 % of 900 s: the cap
-    (15, 55, 15.5),   # 16 would take 880 s, past 855: down to a half epoch
-    (15, 204, 4),     # AVX2, fp32: 4.28 fit
-    (15, 500, 1.5),   # 1.75 fit
+    (15, 53.5, 15.5),  # 16 would take 856 s, past 855: down to a half epoch (26.8 s, under 3 % of the budget)
+    (30, 107, 15.5),  # half an epoch is 53.5 s, under 3 % of 1800 s: 15.98 fit, planned in halves
+    (15, 56, 15.2),   # half an epoch is 28 s, over 3 % of 900 s: tenths (15.27 fit)
+    (15, 162.3, 5.2),  # AVX2 EPYC (Zen 1), width 32: 5.27 fit, where halves would plan 5 (90 % of 855 s)
+    (15, 500, 1.7),   # 1.71 fit
     (15, 855, 1),     # exactly one
 ])
-def test_epochs_fill_the_budget_in_half_epochs_up_to_the_cap(budget_min, seconds_per_epoch, expected):
+def test_epochs_fill_the_budget_in_steps_of_at_most_3_percent_up_to_the_cap(budget_min, seconds_per_epoch,
+                                                                              expected):
     assert plan_epochs(budget_min, 16, per_epoch(seconds_per_epoch)) == expected
 
 
@@ -49,10 +53,10 @@ def test_the_early_epochs_are_planned_at_their_own_speed():
     assert training_seconds(measured, 2, 25) == pytest.approx(50 * 2.2)
     assert training_seconds(measured, 16, 25) == pytest.approx(75 * 2.2 + 325 * 2.0)
     assert training_seconds(measured, 16.5, 25) == pytest.approx(75 * 2.2 + 338 * 2.0)  # ceil of 412.5 steps
-    # Planned with a single speed (the early one), the run would get 15.5 epochs; at its two speeds, 16.5.
-    assert plan_epochs(15, 64, lambda e: training_seconds(measured, e, 25)) == 16.5
+    # Planned in halves with a single speed (the early one), the run would get 15.5 epochs; at its two, 16.5.
+    assert plan_epochs(15, 64, lambda e: training_seconds(measured, e, 25), step=0.5) == 16.5
     assert plan_epochs(15, 64, lambda e: training_seconds(measured.model_copy(update={"seconds_per_step": 2.2}),
-                                                          e, 25)) == 15.5
+                                                          e, 25), step=0.5) == 15.5
 
 
 def _cfg(**kw):
@@ -69,10 +73,10 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
         return Speed(8.0, 8.0, 25, 3)  # 200 s per epoch
 
     first = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=50000)
-    assert (first.planned_epochs, first.seconds_per_epoch, first.cached) == (4, 200, False)
-    assert first.images_per_second == 250 and first.predicted_seconds == 800
+    assert (first.planned_epochs, first.seconds_per_epoch, first.cached) == (4.2, 200, False)  # tenths: 4.28 fit
+    assert first.images_per_second == 250 and first.predicted_seconds == 105 * 8.0
     again = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=50000)
-    assert again.cached and again.planned_epochs == 4 and len(calls) == 1
+    assert again.cached and again.planned_epochs == 4.2 and len(calls) == 1
     # The budget and the epochs do not change a step's speed: still the same measurement.
     assert plan_training(_cfg(time_budget_min=30, epochs=12, max_epochs=40), "md5", tmp_path, MACHINE, measure,
                          train_images=50000).cached
@@ -83,7 +87,7 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
     assert len(calls) == 4
     # Extra training images lengthen the epoch: the stored step time plans over the images there are now.
     grown = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=100000)
-    assert grown.cached and (grown.seconds_per_epoch, grown.planned_epochs) == (400, 2)
+    assert grown.cached and (grown.seconds_per_epoch, grown.planned_epochs) == (400, 2.1)
 
 
 def test_a_larger_budget_grows_the_run_up_to_max_epochs(tmp_path):
@@ -117,28 +121,31 @@ def test_without_a_frontier_the_widest_width_keeping_half_the_epochs_trains(tmp_
                          train_images=50000)
     assert (fast.width, fast.planned_epochs, calls) == (64, 16, [64])
     assert "at width 64" in fast.summary() and fast.width_note() == ""
-    # AVX2: 64 leaves 2 epochs, 48 leaves 4 (under half of 16), 32 leaves 7.5: width 32.
+    # AVX2: 64 leaves 2.1 epochs, 48 leaves 4.2 (under half of 16), 32 leaves 8.5: width 32. Their epochs
+    # are long (half of one is over 3 % of the budget), so planned in tenths.
     calls.clear()
-    slow = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 400, 48: 200, 32: 110}, calls),
+    slow = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 400, 48: 200, 32: 100}, calls),
                          train_images=50000)
-    assert (slow.width, slow.planned_epochs, calls) == (32, 7.5, [64, 48, 32])
-    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2), (48, 4), (32, 7.5)]
-    assert "Width 32 chosen from width 64: 400 s/epoch, 2 epochs" in slow.width_note()
+    assert (slow.width, slow.planned_epochs, calls) == (32, 8.5, [64, 48, 32])
+    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2.1), (48, 4.2), (32, 8.5)]
+    assert "Width 32 chosen from width 64: 400 s/epoch, 2.1 epochs" in slow.width_note()
     assert "the widest keeping at least 50%" in slow.width_note()
     planned = planned_config(cfg, slow)
-    assert (planned.width, planned.epochs) == (32, 7.5)
+    assert (planned.width, planned.epochs) == (32, 8.5)
     assert training_key(planned, DATA) != training_key(planned_config(cfg, fast), DATA)
     # Rerun on the same machine: every measurement reused, the same choice.
     calls.clear()
     again = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 1, 48: 1, 32: 1}, calls),
                           train_images=50000)
-    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 7.5, True, [])
+    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 8.5, True, [])
 
 
 def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path):
     cfg = _cfg(epochs=16, budget_widths=[64, 32])
     plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 1200, 32: 300}, []), train_images=50000)
-    assert (plan.width, plan.planned_epochs) == (32, 2.5)
+    assert (plan.width, plan.planned_epochs) == (32, 2.8)
+    assert "width 64: 1200 s/epoch, not one epoch" in plan.width_note()
+    assert "none keeps 50% of the configured epochs: the one training the most" in plan.width_note()
     too_slow = _by_width({64: 4000, 32: 2000}, [])
     with pytest.raises(ConfigError, match="one epoch takes about 33.3 min"):
         plan_training(cfg, "md5", tmp_path / "x", MACHINE, too_slow, train_images=50000)
@@ -152,26 +159,26 @@ def test_the_frontier_picks_the_point_predicted_most_accurate_for_the_time(tmp_p
     cfg = _cfg(epochs=16, max_epochs=48, budget_widths=[128, 96, 64, 32], budget_frontier=FRONTIER)
     speeds = {128: 200, 96: 110, 64: 50, 32: 20}
     calls = []
-    # 15 min: 128 fits 4 epochs (not covered), 96 fits 7.5 (not covered), 64 fits 17 (91.6 %); 32 could reach
+    # 15 min: 128 fits 4.2 epochs (not covered), 96 fits 7.7 (not covered), 64 fits 17 (91.6 %); 32 could reach
     # at most 89.4 %: never measured.
     short = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width(speeds, calls), train_images=50000)
     assert (short.width, short.planned_epochs) == (64, 17)
     assert short.predicted_accuracy == pytest.approx(91.5 + (92.0 - 91.5) * math.log(17 / 16) / math.log(2))
     assert sorted(calls) == [64, 96, 128]
     assert "the most accurate for the time by the measured frontier" in short.width_note()
-    assert "width 96: 110 s/epoch, 7.5 epochs" in short.width_note()
+    assert "width 96: 110 s/epoch, 7.7 epochs" in short.width_note()
     # 60 min: 96 fits 31 epochs (92.5 %, flat past its 20); 128 could reach at most 92.4 %: not measured.
     calls.clear()
     long = plan_training(cfg.model_copy(update={"time_budget_min": 60.0}), "md5", tmp_path, MACHINE,
                          _by_width(speeds, calls), train_images=50000)
     assert (long.width, long.planned_epochs, long.predicted_accuracy) == (96, 31, 92.5)
     assert calls == []  # every width measured before: reused
-    # An AVX2 machine, 4x slower: 64 fits 4 epochs (88.4 %), 32 fits 10.5 (88.78 %): the narrower, longer run.
+    # An AVX2 machine, 4x slower: 64 fits 4.2 epochs (88.51 %), 32 fits 10.6 (88.80 %): the narrower, longer run.
     calls.clear()
     slow = plan_training(cfg, "md5", tmp_path / "avx2", MACHINE, _by_width({w: 4 * s for w, s in speeds.items()},
                                                                              calls), train_images=50000)
-    assert (slow.width, slow.planned_epochs, calls) == (32, 10.5, [96, 128, 64, 32])
-    assert slow.predicted_accuracy == pytest.approx(88.2 + 1.2 * math.log(10.5 / 8) / math.log(14 / 8))
+    assert (slow.width, slow.planned_epochs, calls) == (32, 10.6, [96, 128, 64, 32])
+    assert slow.predicted_accuracy == pytest.approx(88.2 + 1.2 * math.log(10.6 / 8) / math.log(14 / 8))
 
 
 def test_widths_that_cannot_beat_the_best_so_far_are_not_measured(tmp_path):
@@ -292,6 +299,7 @@ def test_the_real_measurement_times_real_steps(tiny_dataset):
     assert speed.seconds_per_step > 0 and speed.seconds_per_step_early > 0 and speed.steps_per_epoch == 200 // 32
     # Both phases timed, each past its warm-up; a 6-step epoch runs on into the next.
     assert speed.timed_steps >= 6
+    assert 1 <= speed.threads <= (os.cpu_count() or 1)  # recorded: the plan's time holds for this many
 
 
 @pytest.mark.slow
@@ -311,7 +319,8 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     assert "**Time budget:** 1000 min" in report and "ran 5 epochs (the configured epochs)" in report
     assert "**CPU:**" in report
 
-    # This machine, made slow: 25,000 s per epoch leave 2 epochs in 1000 minutes (2.5 would take 103 %).
+    # This machine, made slow: 25,000 s per epoch leave 2.1 epochs in 1000 minutes (2.2 epochs are 14 whole
+    # steps of 6, 97 % of the budget).
     (measurement,) = (tmp_path / "cache" / "budget").glob("*/record.json")
     envelope = json.loads(measurement.read_text())
     stored = envelope["record"]
@@ -321,8 +330,8 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     slow = cifar_pipeline(config=config)
     assert slow.tasks["train"] == "Completed"
     report = Path(slow.report).read_text()
-    assert "ran 2 epochs (of the configured 5)" in report and "reused" in report
-    assert "trained for 2 epochs" in report
+    assert "ran 2.1 epochs (of the configured 5)" in report and "reused" in report
+    assert "trained for 2.1 epochs" in report
 
     nightly = cifar_pipeline(config=config)
     assert nightly.tasks["train"] == "Cached" and nightly.tasks["evaluate"] == "Cached"
@@ -335,9 +344,10 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     # (the frontier falls towards 64 x 27), which is seed noise, so all 21 train; with cutout 21 epochs read
     # 91.71 % (between its 20 and 27), below the plain recipe's 91.76 %. Both share one measurement.
     ({64: 40.1, 48: 28.8, 32: 18.2}, (64, 21, [64])),
-    # Emulated AVX2 (fp32): 64 fits 4.5 epochs, 48 7.5, 32 13.5: the narrow, long run is predicted best
-    # (13.5 epochs read 0.13 points below 32 x 12: seed noise, not a reason to train fewer).
-    ({64: 185.9, 48: 113.4, 32: 61.6}, (32, 13.5, [64, 48, 32])),
+    # Emulated AVX2 (fp32): 64 fits 4.5 epochs, 48 7.5, 32 13.8 (planned in tenths: half an epoch is over
+    # 3 % of the budget): the narrow, long run is predicted best (13.8 epochs read 0.16 points below
+    # 32 x 12: seed noise, not a reason to train fewer).
+    ({64: 185.9, 48: 113.4, 32: 61.6}, (32, 13.8, [64, 48, 32])),
 ])
 def test_the_cpu_presets_own_frontier_on_measured_speeds(tmp_path, speeds, expected):
     cfg = PipelineConfig(preset="cpu").resolved({})

@@ -156,6 +156,10 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
                      f"({trained.wall_seconds / (budget.budget_min * 60):.0%} of the budget).")
         if note := budget.width_note():
             lines[-1] += " " + note
+        cpu = trained.cpu_settings
+        if budget.threads and cpu is not None and cpu.threads != budget.threads:
+            lines[-1] += (f" The warm-up's steps ran with {budget.threads} thread(s) and training's with "
+                          f"{cpu.threads}, so the plan's time held for another speed.")
     cpu = trained.cpu_settings
     if cpu is not None:
         why = "; ".join(cpu.reasons) or "as configured"

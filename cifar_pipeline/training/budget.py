@@ -5,7 +5,8 @@ fixed epoch count cannot promise a wall time. Before training, `plan_training` t
 model, optimizer and batch on the real device (`measure_steps`), in both phases a run goes through:
 while airnet's whitening bias trains (the first `whiten_bias_epochs`, slower) and after. The plan then
 takes the most epochs whose predicted training time stays within TARGET_SHARE of the budget, in steps
-of EPOCH_STEP, up to `max_epochs` (or the configured epochs: a budget alone only shrinks a run).
+of EPOCH_STEP (finer where epochs are long), up to `max_epochs` (or the configured epochs: a budget
+alone only shrinks a run).
 
 Given `budget_widths`, each width is measured and planned so; with a `budget_frontier` (measured
 accuracy per width and epochs, cifar_pipeline/training/frontier.py) the width whose planned epochs are
@@ -48,7 +49,12 @@ log = logging.getLogger(__name__)
 # either direction (at 97 %, runs ended at 91 % on a Zen 4 EPYC, at 96 % and 109 % on a Zen 5;
 # benchmarks/RESULTS.md), so a plan at the edge would overrun about as often as it lands.
 TARGET_SHARE = 0.95
-EPOCH_STEP = 0.5  # planned epochs are a multiple of this: half an epoch of 16 is 3 % of the budget
+# Planned epochs are a multiple of EPOCH_STEP (half an epoch of 16 is 3 % of the budget), or of
+# FINE_EPOCH_STEP where half an epoch is more than STEP_SHARE of it: on an AVX2 EPYC (Zen 1) an epoch at
+# width 32 takes 162 s, and halves would leave up to 9 % of 15 minutes unplanned.
+EPOCH_STEP = 0.5
+FINE_EPOCH_STEP = 0.1
+STEP_SHARE = 0.03
 # Without a frontier, the widest width that keeps at least this share of the configured epochs trains.
 MIN_EPOCH_SHARE = 0.5
 WARMUP_STEPS = 2  # untimed, in each phase: first-call allocations and kernel selection
@@ -64,6 +70,7 @@ class Speed(NamedTuple):
     seconds_per_step_early: float  # while it trains (the first whiten_bias_epochs); = the above without it
     steps_per_epoch: int
     timed_steps: int
+    threads: int = 0  # intra-op threads the steps ran with (CPU); 0 on a GPU
 
 
 class Measurement(StageRecord):
@@ -74,13 +81,14 @@ class Measurement(StageRecord):
     steps_per_epoch: int
     timed_steps: int
     measured_at: str
+    threads: int = 0  # 0: a GPU, or a record from before threads were recorded
 
     @classmethod
     def taken(cls, speed: Speed, machine: str, cfg: PipelineConfig) -> Measurement:
         """The record of `speed`, measured now on `machine` for `cfg` (whose early phase it timed)."""
         return cls(machine=machine, seconds_per_step=speed.seconds_per_step,
                    seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
-                   steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps,
+                   steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps, threads=speed.threads,
                    measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -116,6 +124,7 @@ class BudgetPlan(BaseModel):
     recipe: dict[str, RecipeValue] = {}  # fields the chosen frontier recipe changes (cutout on, say)
     options: list[WidthOption] = []  # the widths measured, widest first
     frontier_ignored: list[str] = []  # recipe fields changed from the preset's, whose frontier was not used
+    threads: int = 0  # intra-op threads the measured steps ran with; 0: a GPU or not recorded
 
     def chosen(self) -> str:
         """' at width 64 with cutout=8': what the plan chose besides the epochs ('' when nothing)."""
@@ -148,12 +157,20 @@ class BudgetPlan(BaseModel):
             return ignored.rstrip()
         tried = ", ".join(
             f"width {o.width}{with_recipe(o.recipe)}: {o.seconds_per_epoch:.0f} s/epoch, "
-            f"{f'{o.epochs:g} epochs' if o.epochs else 'not one epoch'}"
+            f"{_epochs(o.epochs)}"
             f"{f' (predicted {o.predicted_accuracy:.2f} %)' if o.predicted_accuracy is not None else ''}"
             for o in self.options)
-        rule = ("the most accurate for the time by the measured frontier" if self.predicted_accuracy is not None
-                else f"the widest keeping at least {MIN_EPOCH_SHARE:.0%} of the configured epochs")
+        if self.predicted_accuracy is not None:
+            rule = "the most accurate for the time by the measured frontier"
+        elif self.planned_epochs >= MIN_EPOCH_SHARE * self.configured_epochs:
+            rule = f"the widest keeping at least {MIN_EPOCH_SHARE:.0%} of the configured epochs"
+        else:
+            rule = f"none keeps {MIN_EPOCH_SHARE:.0%} of the configured epochs: the one training the most"
         return f"{ignored}Width {self.width}{with_recipe(self.recipe)} chosen from {tried} ({rule})."
+
+
+def _epochs(epochs: float) -> str:
+    return "not one epoch" if not epochs else f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
 
 
 def with_recipe(recipe: dict[str, RecipeValue]) -> str:
@@ -166,9 +183,9 @@ def epoch_cap(cfg: PipelineConfig) -> float:
 
 
 def plan_epochs(budget_min: float, max_epochs: float, seconds: Callable[[float], float],
-                step: float = EPOCH_STEP) -> float:
-    """The most epochs, a multiple of `step` or `max_epochs` itself, whose `seconds(epochs)` stays
-    within TARGET_SHARE of the budget.
+                step: float | None = None) -> float:
+    """The most epochs, a multiple of `step` (by default `epoch_step`'s) or `max_epochs` itself, whose
+    `seconds(epochs)` stays within TARGET_SHARE of the budget.
 
     Less than one epoch is an error: a run that cannot finish one epoch would report nothing useful.
     """
@@ -183,15 +200,21 @@ def plan_epochs(budget_min: float, max_epochs: float, seconds: Callable[[float],
             f"time_budget_min {budget_min:g} is too short: one epoch takes about {one / 60:.1f} min "
             f"on this machine (measured); allow at least {math.ceil(one / 60 / TARGET_SHARE * 10) / 10:g} min, "
             "or set time_budget_min 0 to train the configured epochs")
+    step = step or epoch_step(budget_min, one)
     # seconds() grows with the epochs: bisect on the grid of `step`s between 1 epoch and the cap.
-    low, high = math.ceil(1.0 / step), math.floor(max_epochs / step)
+    low, high = math.ceil(1.0 / step - 1e-9), math.floor(max_epochs / step + 1e-9)
     while low < high:
         mid = (low + high + 1) // 2
         if seconds(mid * step) <= target:
             low = mid
         else:
             high = mid - 1
-    return max(1.0, low * step)
+    return max(1.0, round(low * step, 6))
+
+
+def epoch_step(budget_min: float, seconds_per_epoch: float) -> float:
+    """The grid planned epochs lie on: halves, unless half an epoch is more than STEP_SHARE of the budget."""
+    return EPOCH_STEP if seconds_per_epoch * EPOCH_STEP <= STEP_SHARE * budget_min * 60 else FINE_EPOCH_STEP
 
 
 MEASURE = Stage("measure-speed", "budget", Measurement, "training.budget")
@@ -199,7 +222,8 @@ MEASURE = Stage("measure-speed", "budget", Measurement, "training.budget")
 # augmentations cost about 1 % of an epoch ("data" in the epoch log: 1.1-1.5 s of 95-137 s at width 64
 # with 8-pixel cutout, Zen 4), well inside the tenth epochs drift, so recipes differing only in these
 # share one measurement.
-SPEED_NEUTRAL = ("flip", "translate", "cutout", "brightness", "contrast", "label_smoothing")
+# The seed changes which random numbers a step draws, not how many.
+SPEED_NEUTRAL = ("flip", "translate", "cutout", "brightness", "contrast", "label_smoothing", "seed")
 
 
 def measurement_inputs(machine: str, cfg: PipelineConfig, data_digest: str) -> dict:
@@ -301,7 +325,9 @@ def _plan_by_frontier(cfg: PipelineConfig, recipes: dict[frontier.Recipe, list[f
                                      > (best.predicted_accuracy, -best.predicted_seconds)):
             best = plan
     if best is None:  # the frontier covers no epochs that fit: fall back to the widths' own rule
-        return _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
+        widest = _plan_widest(cfg, data_digest, cache_dir, machine, measure, train_images)
+        # Its measurements were taken above, in this plan: reused only if they were reused there.
+        return widest.model_copy(update={"cached": widest.cached and all(p.cached for p in plans)})
     return best.model_copy(update={"options": _options(sorted(plans, key=lambda p: -p.width))})
 
 
@@ -362,7 +388,7 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
         fitting_epochs=fitting,
         seconds_per_epoch=seconds_per_epoch, predicted_seconds=training_seconds(found, epochs, steps),
         images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
-        machine=machine, cached=not measured, measured_at=found.measured_at,
+        machine=machine, cached=not measured, measured_at=found.measured_at, threads=found.threads,
     )
 
 
@@ -386,11 +412,16 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
 
     device = device or resolve_device(cfg.device)
     threads = torch.get_num_threads()
+    used = 0
     if device.type == "cpu":
         tune_cpu_allocator()
-        torch.set_num_threads(current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model).threads)
+        settings = current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model)
+        used = settings.threads
+        log.info("warm-up at width %d: %d thread(s), other work kept %.2f cores busy", cfg.width, used,
+                 settings.busy_cores)
+        torch.set_num_threads(used)
     try:
-        return _measure(cfg, dataset, device)
+        return _measure(cfg, dataset, device)._replace(threads=used)
     finally:
         torch.set_num_threads(threads)
 
