@@ -85,6 +85,9 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
     plan_training(_cfg(width=32), "md5", tmp_path, MACHINE, measure, train_images=50000)
     plan_training(_cfg(), "other", tmp_path, MACHINE, measure, train_images=50000)
     assert len(calls) == 4
+    # The seed changes no step's work: another seed reuses the measurement.
+    assert plan_training(_cfg(seed=7), "md5", tmp_path, MACHINE, measure, train_images=50000).cached
+    assert len(calls) == 4
     # Extra training images lengthen the epoch: the stored step time plans over the images there are now.
     grown = plan_training(_cfg(), "md5", tmp_path, MACHINE, measure, train_images=100000)
     assert grown.cached and (grown.seconds_per_epoch, grown.planned_epochs) == (400, 2.1)
@@ -146,6 +149,15 @@ def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path
     assert (plan.width, plan.planned_epochs) == (32, 2.8)
     assert "width 64: 1200 s/epoch, not one epoch" in plan.width_note()
     assert "none keeps 50% of the configured epochs: the one training the most" in plan.width_note()
+    # With a frontier that covers neither width at the epochs that fit, the same rule, and the plan says
+    # its measurements were taken now (then reused by the next run).
+    covered_longer = cfg.model_copy(update={"budget_frontier": [(64, 16, 91.5), (32, 14, 89.4)]})
+    first = plan_training(covered_longer, "md5", tmp_path / "f", MACHINE, _by_width({64: 1200, 32: 300}, []),
+                          train_images=50000)
+    assert (first.width, first.planned_epochs, first.predicted_accuracy, first.cached) == (32, 2.8, None, False)
+    again = plan_training(covered_longer, "md5", tmp_path / "f", MACHINE, _by_width({64: 1, 32: 1}, []),
+                          train_images=50000)
+    assert (again.width, again.planned_epochs, again.cached) == (32, 2.8, True)
     too_slow = _by_width({64: 4000, 32: 2000}, [])
     with pytest.raises(ConfigError, match="one epoch takes about 33.3 min"):
         plan_training(cfg, "md5", tmp_path / "x", MACHINE, too_slow, train_images=50000)

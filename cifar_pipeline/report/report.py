@@ -146,6 +146,7 @@ def predictions_section(evaluated: EvalRecord, figures: FiguresRecord) -> str:
 def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
     """The time budget's plan and the settings chosen for this CPU (empty when neither applies)."""
     lines = []
+    cpu = trained.cpu_settings
     if budget is not None:
         lines.append(f"**Time budget:** {budget.budget_min:g} min. A warm-up measured {budget.seconds_per_epoch:.1f} s "
                      f"per epoch ({budget.images_per_second:.0f} images/s"
@@ -156,11 +157,9 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
                      f"({trained.wall_seconds / (budget.budget_min * 60):.0%} of the budget).")
         if note := budget.width_note():
             lines[-1] += " " + note
-        cpu = trained.cpu_settings
         if budget.threads and cpu is not None and cpu.threads != budget.threads:
             lines[-1] += (f" The warm-up's steps ran with {budget.threads} thread(s) and training's with "
                           f"{cpu.threads}, so the plan's time held for another speed.")
-    cpu = trained.cpu_settings
     if cpu is not None:
         why = "; ".join(cpu.reasons) or "as configured"
         lines.append(f"**CPU:** {cpu.cpu} (class {cpu.cpu_class}{', emulated' if cpu.emulated else ''}): "
