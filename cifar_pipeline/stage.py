@@ -101,15 +101,19 @@ class Stage(Generic[R]):
         folder.mkdir(parents=True, exist_ok=True)
         return entry_lock(folder / key)
 
-    def run(self, cache_dir: str | os.PathLike, inputs: dict[str, Any], build: Callable[[Path], R]) -> R:
+    def run(self, cache_dir: str | os.PathLike, inputs: dict[str, Any], build: Callable[[Path], R],
+            reuse: Callable[[R], bool] | None = None) -> R:
         """The stored record for these inputs, or `build(entry folder)`'s, stored. Concurrent runs of
-        one key build once: the second waits for the lock, then finds the record."""
+        one key build once: the second waits for the lock, then finds the record. A stored record that
+        `reuse` rejects (one that answers less than this caller asks) is built again in its place."""
         key = self.key(inputs)
         entry = self.entry(cache_dir, key)
         with self.lock(cache_dir, key):
             if (found := self.stored(entry)) is not None:
-                log.info("%s %s: cached in %s", self.name, key, entry)
-                return found
+                if reuse is None or reuse(found):
+                    log.info("%s %s: cached in %s", self.name, key, entry)
+                    return found
+                log.info("%s %s: the stored record does not answer this run; building it again", self.name, key)
             entry.mkdir(parents=True, exist_ok=True)
             if removed := remove_leftovers(entry):
                 log.info("%s %s: removed %d leftover(s) of an interrupted build", self.name, key, removed)

@@ -17,5 +17,5 @@ def budget_task(config: PipelineConfig, dataset: DatasetRecord, cache_dir: str,
 
     device = resolve_device(config.device)
     return plan_training(config, dataset.content_digest(), cache_dir, machine_key(device),
-                         lambda planned: measure_steps(planned, dataset, device),
+                         lambda planned, give_up_above: measure_steps(planned, dataset, device, give_up_above),
                          train_images=len(training_data(config, dataset, extra).y_train))

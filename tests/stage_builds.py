@@ -67,7 +67,7 @@ def build(stage: str, cache: Path, archive: str, md5: str, block=None):
 
         block()
         return plan_training(cfg.model_copy(update={"time_budget_min": 1.0}), dataset.content_digest(), cache,
-                             "test machine", lambda planned: measure_steps(planned, dataset), train_images=200)
+                             "test machine", lambda planned, limit: measure_steps(planned, dataset, None, limit), train_images=200)
     if stage == "diagnose":
         from cifar_pipeline.doctor.report import doctor_dataset
 

@@ -9,7 +9,7 @@ from cifar_pipeline.config import PipelineConfig, validate_config
 from cifar_pipeline.errors import ConfigError
 from cifar_pipeline.training.budget import (BudgetPlan, Measurement, Speed, measure_steps, plan_epochs, plan_training,
                                             planned_config, recipe_changes, training_seconds)
-from cifar_pipeline.training.frontier import best_epochs, best_possible, predict
+from cifar_pipeline.training.frontier import best_epochs, best_possible, by_recipe, fewest_epochs, predict
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.training.records import training_key
 
@@ -68,7 +68,7 @@ def _cfg(**kw):
 def test_measurement_is_cached_per_machine_and_config(tmp_path):
     calls = []
 
-    def measure(cfg):
+    def measure(cfg, give_up_above):
         calls.append(1)
         return Speed(8.0, 8.0, 25, 3)  # 200 s per epoch
 
@@ -94,7 +94,7 @@ def test_measurement_is_cached_per_machine_and_config(tmp_path):
 
 
 def test_a_larger_budget_grows_the_run_up_to_max_epochs(tmp_path):
-    def measure(cfg):
+    def measure(cfg, give_up_above):
         return Speed(2.0, 2.0, 25, 3)  # 50 s per epoch
 
     shrink_only = plan_training(_cfg(time_budget_min=60, max_epochs=0), "md5", tmp_path, MACHINE, measure,
@@ -110,9 +110,13 @@ def test_a_larger_budget_grows_the_run_up_to_max_epochs(tmp_path):
 
 
 def _by_width(seconds_per_epoch: dict[int, float], calls: list[int]):
-    def measure(cfg):
+    """A measurement of 25-step epochs taking these seconds, that gives up as measure_steps does."""
+    def measure(cfg, give_up_above):
         calls.append(cfg.width)
-        return Speed(seconds_per_epoch[cfg.width] / 25, seconds_per_epoch[cfg.width] / 25, 25, 3)
+        step = seconds_per_epoch[cfg.width] / 25
+        if give_up_above is not None and step > give_up_above:
+            return Speed(step, step, 25, 1, complete=False)
+        return Speed(step, step, 25, 3)
     return measure
 
 
@@ -124,14 +128,17 @@ def test_without_a_frontier_the_widest_width_keeping_half_the_epochs_trains(tmp_
                          train_images=50000)
     assert (fast.width, fast.planned_epochs, calls) == (64, 16, [64])
     assert "at width 64" in fast.summary() and fast.width_note() == ""
-    # AVX2: 64 leaves 2.1 epochs, 48 leaves 4.2 (under half of 16), 32 leaves 8.5: width 32. Their epochs
-    # are long (half of one is over 3 % of the budget), so planned in tenths.
+    # AVX2: 64 at 16 s per step would need steps of 4.3 s for half of 16 epochs: more than twice as slow, it
+    # is given up after one timed step; 48 leaves 4.2 epochs (under half of 16), 32 leaves 8.5: width 32.
+    # Their epochs are long (half of one is over 3 % of the budget), so planned in tenths.
     calls.clear()
     slow = plan_training(cfg, "md5", tmp_path / "b", MACHINE, _by_width({64: 400, 48: 200, 32: 100}, calls),
                          train_images=50000)
     assert (slow.width, slow.planned_epochs, calls) == (32, 8.5, [64, 48, 32])
-    assert [(o.width, o.epochs) for o in slow.options] == [(64, 2.1), (48, 4.2), (32, 8.5)]
-    assert "Width 32 chosen from width 64: 400 s/epoch, 2.1 epochs" in slow.width_note()
+    assert [(o.width, o.epochs, o.probed) for o in slow.options] == [(64, 0, True), (48, 4.2, False),
+                                                                     (32, 8.5, False)]
+    assert ("Width 32 chosen from width 64: about 400 s/epoch by its first timed step, far too slow to be chosen "
+            "(not measured further), width 48: 200 s/epoch, 4.2 epochs") in slow.width_note()
     assert "the widest keeping at least 50%" in slow.width_note()
     planned = planned_config(cfg, slow)
     assert (planned.width, planned.epochs) == (32, 8.5)
@@ -147,7 +154,7 @@ def test_no_width_keeps_half_the_epochs_then_the_one_training_most_does(tmp_path
     cfg = _cfg(epochs=16, budget_widths=[64, 32])
     plan = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 1200, 32: 300}, []), train_images=50000)
     assert (plan.width, plan.planned_epochs) == (32, 2.8)
-    assert "width 64: 1200 s/epoch, not one epoch" in plan.width_note()
+    assert "width 64: about 1200 s/epoch by its first timed step, far too slow" in plan.width_note()
     assert "none keeps 50% of the configured epochs: the one training the most" in plan.width_note()
     # With a frontier that covers neither width at the epochs that fit, the same rule, and the plan says
     # its measurements were taken now (then reused by the next run).
@@ -217,6 +224,10 @@ def test_frontier_prediction_interpolates_in_log_epochs_and_never_extrapolates()
     assert predict(points, 64, 6) is None and predict(points, 96, 16) is None
     assert best_possible(points, 64, 20) == pytest.approx(predict(points, 64, 20))
     assert best_possible(points, 64, 4) is None
+    # The fewest epochs with which a width could be chosen: covered at all, or more accurate than a rival.
+    assert fewest_epochs(points, 64, 40) == 8 and fewest_epochs(points, 64, 40, beating=89.0) == 8
+    assert fewest_epochs(points, 64, 40, beating=90.55) == pytest.approx(8 * 2 ** 0.5)
+    assert fewest_epochs(points, 64, 40, beating=92.0) is None and fewest_epochs(points, 64, 6) is None
 
 
 def test_fewer_epochs_train_where_the_frontier_measured_them_more_accurate(tmp_path):
@@ -248,7 +259,7 @@ def test_a_recipe_change_measured_to_pay_on_long_runs_is_made_only_where_they_fi
     cfg = _cfg(epochs=16, max_epochs=32, budget_widths=[64], budget_frontier=points)
     calls = []
 
-    def measure(config):
+    def measure(config, give_up_above):
         calls.append((config.width, config.cutout))
         return Speed(50 / 25, 50 / 25, 25, 3)
 
@@ -312,6 +323,10 @@ def test_the_real_measurement_times_real_steps(tiny_dataset):
     # Both phases timed, each past its warm-up; a 6-step epoch runs on into the next.
     assert speed.timed_steps >= 6
     assert 1 <= speed.threads <= (os.cpu_count() or 1)  # recorded: the plan's time holds for this many
+    assert speed.complete
+    # A width out of reach: given up after its first timed step.
+    probe = measure_steps(cfg, record, give_up_above=1e-9)
+    assert (probe.complete, probe.timed_steps) == (False, 1) and probe.seconds_per_step > 1e-9
 
 
 @pytest.mark.slow
@@ -366,6 +381,32 @@ def test_the_cpu_presets_own_frontier_on_measured_speeds(tmp_path, speeds, expec
     _check_cpu_plan(tmp_path, cfg, speeds, expected)
 
 
+def test_a_width_far_out_of_reach_is_given_up_after_one_timed_step(tmp_path):
+    # The AVX2 EPYC Zen 1's speeds (RESULTS.md): width 64's steps (21.7 s) would have to run at 8.6 s for
+    # the 4 epochs of its shortest measured run, 48's (12.8 s) at 5.7 s for its 6: both more than twice as
+    # slow, so one timed step each; the plain and the cutout recipe of width 64 share that step.
+    cfg = PipelineConfig(preset="cpu").resolved({})
+    zen1 = {64: 542.0, 48: 320.0, 32: 162.0}
+    plan = _check_cpu_plan(tmp_path, cfg, zen1, (32, 5.2, [64, 48, 32]))
+    assert [(o.width, o.recipe, o.probed) for o in plan.options] == [
+        (64, {"cutout": 8}, True), (64, {}, True), (48, {}, True), (32, {}, False)]
+    assert plan.predicted_accuracy == pytest.approx(predict(by_recipe(cfg.budget_frontier)[()], 32, 5.2))
+    note = plan.width_note()
+    assert note.count("width 64") == 1 and "width 48: about 320 s/epoch by its first timed step" in note
+    # The next night: the probes stand, nothing is timed, the same plan.
+    calls = []
+    again = plan_training(cfg, "md5", tmp_path, MACHINE, _by_width({64: 1, 48: 1, 32: 1}, calls), train_images=50000)
+    assert (again.width, again.planned_epochs, again.cached, calls) == (32, 5.2, True, [])
+    # Two hours: 64 could be chosen with steps up to 2 x 68.4 s (4 epochs in 114 min): its probe does not
+    # answer that, so it is measured in full, once for both recipes (12.6 epochs fit, predicted 90.94 %);
+    # 48 too (21 fit, 91.38 %), and 48 trains.
+    calls.clear()
+    long = plan_training(cfg.model_copy(update={"time_budget_min": 120.0}), "md5", tmp_path, MACHINE,
+                         _by_width(zen1, calls), train_images=50000)
+    assert calls == [64, 48] and (long.width, long.planned_epochs) == (48, 21)
+    assert not any(o.probed for o in long.options) and fewest_epochs(by_recipe(cfg.budget_frontier)[()], 64, 32) == 4
+
+
 def test_the_cpu_preset_at_30_minutes_trains_its_most_accurate_measured_length(tmp_path):
     # The Zen 5 machine's width 64 (63 s per epoch): 27 epochs fit. Without cutout they read at 64 x 27's
     # 91.44 % and 64 x 20 measured 91.82 %, more than seed noise above; with 8-pixel cutout 64 x 27
@@ -415,3 +456,28 @@ def _check_cpu_plan(tmp_path, cfg, speeds, expected):
     assert (plan.width, plan.planned_epochs, calls) == expected
     assert plan.predicted_seconds <= 0.95 * cfg.time_budget_min * 60 and plan.predicted_accuracy is not None
     return plan
+
+
+def test_the_report_puts_the_plan_beside_the_run_and_names_a_thread_mismatch():
+    from cifar_pipeline.report.report import machine_section
+    from cifar_pipeline.training.cpu_tuning import CpuSettings
+    from cifar_pipeline.training.records import TrainRecord
+
+    plan = BudgetPlan(budget_min=15, configured_epochs=16, planned_epochs=5.1, seconds_per_epoch=158.8,
+                      images_per_second=308, machine=MACHINE, cached=False, measured_at="now", predicted_seconds=840,
+                      width=32, threads=2, options=[
+                          {"width": 64, "seconds_per_epoch": 542, "epochs": 0, "probed": True},
+                          {"width": 32, "seconds_per_epoch": 158.8, "epochs": 5.1, "predicted_accuracy": 86.28}])
+    settings = CpuSettings(cpu_class="AVX2", cpu=MACHINE, precision="fp32", channels_last=True, mkldnn=True,
+                           threads=2, busy_cores=0.0, emulated=False, reasons=[])
+    trained = TrainRecord(key="k", checkpoint="c", checkpoint_sha256="s", epochs=[], device="cpu", device_name="cpu",
+                          precision="fp32", parameters=1, train_images=49000, steps=125, train_seconds=800,
+                          resumed_from_epoch=None, warnings=[], wall_seconds=822, cpu_settings=settings)
+    text = machine_section(trained, plan)
+    assert "ran 5.1 epochs (of the configured 16) at width 32, planned to take 14.0 min; it took 13.7 min (91% " in text
+    assert "width 64: about 542 s/epoch by its first timed step, far too slow" in text
+    assert "thread(s) and training's" not in text
+    # Training on fewer threads than the warm-up measured (other work took a core): said, since the plan's
+    # time then held for another speed.
+    one = trained.model_copy(update={"cpu_settings": settings.model_copy(update={"threads": 1})})
+    assert "The warm-up's steps ran with 2 thread(s) and training's with 1" in machine_section(one, plan)

@@ -159,6 +159,24 @@ def test_a_record_of_another_format_is_rebuilt_not_trusted(tiny_dataset, tmp_pat
     assert again.checkpoint == first.checkpoint and np.isclose(again.epochs[-1].loss, first.epochs[-1].loss)
 
 
+def test_a_stored_record_the_caller_does_not_accept_is_built_again_in_its_place(tmp_path):
+    # The budget's probe (one step timed) answers a run that gives its width up, not one that could choose it.
+    class Answer(stage_module.StageRecord):
+        complete: bool
+
+    stage = stage_module.Stage("answer", "answers", Answer, None)
+    built = []
+
+    def build(complete):
+        return lambda _entry: built.append(complete) or Answer(complete=complete)
+
+    assert stage.run(tmp_path, {"x": 1}, build(False)) == Answer(complete=False)
+    assert stage.run(tmp_path, {"x": 1}, build(True), reuse=lambda r: not r.complete) == Answer(complete=False)
+    assert stage.run(tmp_path, {"x": 1}, build(True), reuse=lambda r: r.complete) == Answer(complete=True)
+    assert stage.run(tmp_path, {"x": 1}, build(False)) == Answer(complete=True)  # stored in its place
+    assert built == [False, True] and len(list((tmp_path / "answers").glob("*/record.json"))) == 1
+
+
 def _copy_of_the_code(root: Path) -> Path:
     src = root / "src"
     for package in ("cifar_pipeline", "tasks", "flows", "deployments"):

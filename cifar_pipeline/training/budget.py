@@ -18,6 +18,11 @@ one). A preset's frontier holds for the preset's recipe: a run that changes some
 only the points measured with the same changes, and without any is planned without a frontier
 (`frontier_recipes`); the report says which fields did it.
 
+A width that one timed step shows far too slow to be chosen (GIVE_UP_FACTOR) is not measured further:
+on a slow machine the wide widths' warm-up was most of its cost (width 64 took 4 of 7.5 minutes on an
+AVX2 EPYC, where it could not fit two epochs). Such a probe is stored like a measurement and reused
+while a run would give the width up again; a run that could choose it measures it in full.
+
 Measurements are a stage keyed by machine and configuration, so an unchanged nightly run measures
 once, then plans the same epochs every night (and its training stays a cache hit).
 """
@@ -61,6 +66,12 @@ WARMUP_STEPS = 2  # untimed, in each phase: first-call allocations and kernel se
 MIN_TIMED_STEPS = 3
 MIN_TIMED_SECONDS = 6.0  # per phase: a few steps of a fresh process run slower than an epoch's average
 MAX_TIMED_STEPS = 50
+# A width whose first timed step runs more than GIVE_UP_FACTOR times slower than the slowest step with
+# which it could still be chosen is given up after that step. Early steps ran up to 27 % slower than
+# later epochs' (emulated AVX2: 260.8 against 190.7 s per epoch) and a 2-core machine's minutes differ by a
+# tenth, so a factor 2 gives up only on widths far out of reach (an AVX2 EPYC Zen 1: width 64 at about
+# 22 s per step, where 8.6 s could still be chosen).
+GIVE_UP_FACTOR = 2.0
 
 
 class Speed(NamedTuple):
@@ -71,6 +82,7 @@ class Speed(NamedTuple):
     steps_per_epoch: int
     timed_steps: int
     threads: int = 0  # intra-op threads the steps ran with (CPU); 0 on a GPU
+    complete: bool = True  # False: given up after one timed step, too slow to be chosen (a probe)
 
 
 class Measurement(StageRecord):
@@ -82,6 +94,7 @@ class Measurement(StageRecord):
     timed_steps: int
     measured_at: str
     threads: int = 0  # 0: a GPU, or a record from before threads were recorded
+    complete: bool = True  # False: a probe, one step timed (seconds_per_step is that step's)
 
     @classmethod
     def taken(cls, speed: Speed, machine: str, cfg: PipelineConfig) -> Measurement:
@@ -89,7 +102,7 @@ class Measurement(StageRecord):
         return cls(machine=machine, seconds_per_step=speed.seconds_per_step,
                    seconds_per_step_early=speed.seconds_per_step_early, early_epochs=cfg.whiten_bias_epochs,
                    steps_per_epoch=speed.steps_per_epoch, timed_steps=speed.timed_steps, threads=speed.threads,
-                   measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   complete=speed.complete, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def training_seconds(measured: Measurement, epochs: float, steps_per_epoch: int) -> float:
@@ -105,6 +118,7 @@ class WidthOption(BaseModel):
     seconds_per_epoch: float
     epochs: float  # 0: not even one epoch fits
     predicted_accuracy: float | None = None  # % from the frontier; None: nothing measured covers it
+    probed: bool = False  # given up after one timed step: seconds_per_epoch is that step's
 
 
 class BudgetPlan(BaseModel):
@@ -125,6 +139,7 @@ class BudgetPlan(BaseModel):
     options: list[WidthOption] = []  # the widths measured, widest first
     frontier_ignored: list[str] = []  # recipe fields changed from the preset's, whose frontier was not used
     threads: int = 0  # intra-op threads the measured steps ran with; 0: a GPU or not recorded
+    probed: bool = False  # the width was given up after one timed step (never the plan chosen)
 
     def chosen(self) -> str:
         """' at width 64 with cutout=8': what the plan chose besides the epochs ('' when nothing)."""
@@ -155,11 +170,14 @@ class BudgetPlan(BaseModel):
                    f"and this run changes {', '.join(self.frontier_ignored)}. " if self.frontier_ignored else "")
         if self.width is None or len(self.options) < 2:
             return ignored.rstrip()
-        tried = ", ".join(
-            f"width {o.width}{with_recipe(o.recipe)}: {o.seconds_per_epoch:.0f} s/epoch, "
-            f"{_epochs(o.epochs)}"
-            f"{f' (predicted {o.predicted_accuracy:.2f} %)' if o.predicted_accuracy is not None else ''}"
-            for o in self.options)
+        # Recipes sharing a width's measurement share its probe too: a width given up is named once.
+        shown, given_up = [], set()
+        for o in self.options:
+            if not (o.probed and o.width in given_up):
+                shown.append(_option(o))
+            if o.probed:
+                given_up.add(o.width)
+        tried = ", ".join(shown)
         if self.predicted_accuracy is not None:
             rule = "the most accurate for the time by the measured frontier"
         elif self.planned_epochs >= MIN_EPOCH_SHARE * self.configured_epochs:
@@ -167,6 +185,14 @@ class BudgetPlan(BaseModel):
         else:
             rule = f"none keeps {MIN_EPOCH_SHARE:.0%} of the configured epochs: the one training the most"
         return f"{ignored}Width {self.width}{with_recipe(self.recipe)} chosen from {tried} ({rule})."
+
+
+def _option(o: WidthOption) -> str:
+    if o.probed:
+        return (f"width {o.width}: about {o.seconds_per_epoch:.0f} s/epoch by its first timed step, far too slow "
+                f"to be chosen (not measured further)")
+    predicted = f" (predicted {o.predicted_accuracy:.2f} %)" if o.predicted_accuracy is not None else ""
+    return f"width {o.width}{with_recipe(o.recipe)}: {o.seconds_per_epoch:.0f} s/epoch, {_epochs(o.epochs)}{predicted}"
 
 
 def _epochs(epochs: float) -> str:
@@ -234,7 +260,9 @@ def measurement_inputs(machine: str, cfg: PipelineConfig, data_digest: str) -> d
             "train": {k: v for k, v in train.items() if k not in SPEED_NEUTRAL}}
 
 
-Measure = Callable[[PipelineConfig], Speed]
+# measure(config, give_up_above): the speed of config's steps; given seconds, a first timed step slower than
+# that ends it (an incomplete Speed).
+Measure = Callable[[PipelineConfig, float | None], Speed]
 
 
 def plan_training(
@@ -305,10 +333,18 @@ def _plan_by_frontier(cfg: PipelineConfig, recipes: dict[frontier.Recipe, list[f
     cap = epoch_cap(cfg)
     reach = {(w, recipe): frontier.best_possible(points, w, cap)
              for recipe, points in recipes.items() for w in set(cfg.budget_widths)}
+    candidates = {c: cfg.model_copy(update={"width": c[0], **dict(c[1])}) for c, r in reach.items() if r is not None}
     best: BudgetPlan | None = None
     plans: list[BudgetPlan] = []
-    for width, recipe in sorted((c for c, r in reach.items() if r is not None),
-                                key=lambda c: (-reach[c], c[0], len(c[1]), str(c[1]))):
+
+    def give_up_above(candidate: PipelineConfig) -> float | None:
+        # The most lenient limit of the candidates sharing this one's measurement, so that it is timed once.
+        key = measurement_inputs(machine, candidate, data_digest)
+        needed = [frontier.fewest_epochs(recipes[r], w, cap, best.predicted_accuracy if best else None)
+                  for (w, r), other in candidates.items() if measurement_inputs(machine, other, data_digest) == key]
+        return _give_up_above(candidate, min((e for e in needed if e is not None), default=None), train_images)
+
+    for width, recipe in sorted(candidates, key=lambda c: (-reach[c], c[0], len(c[1]), str(c[1]))):
         if best is not None and reach[width, recipe] <= best.predicted_accuracy:
             break
         points = recipes[recipe]
@@ -316,8 +352,9 @@ def _plan_by_frontier(cfg: PipelineConfig, recipes: dict[frontier.Recipe, list[f
         def choose(fit: float, width: int = width, points: list[frontier.Point] = points) -> float:
             return frontier.best_epochs(points, width, fit, frontier.SEED_SPREAD) or fit
 
-        plan = _plan_one(cfg.model_copy(update={"width": width, **dict(recipe)}), data_digest, cache_dir, machine,
-                         measure, train_images, none_fit_ok=True, choose=choose)
+        candidate = candidates[width, recipe]
+        plan = _plan_one(candidate, data_digest, cache_dir, machine, measure, train_images, none_fit_ok=True,
+                         choose=choose, give_up_above=give_up_above(candidate))
         accuracy = frontier.predict(points, width, plan.planned_epochs) if plan.planned_epochs else None
         plan = plan.model_copy(update={"width": width, "recipe": dict(recipe), "predicted_accuracy": accuracy})
         plans.append(plan)
@@ -333,7 +370,17 @@ def _plan_by_frontier(cfg: PipelineConfig, recipes: dict[frontier.Recipe, list[f
 
 def _options(plans: list[BudgetPlan]) -> list[WidthOption]:
     return [WidthOption(width=p.width, recipe=p.recipe, seconds_per_epoch=p.seconds_per_epoch,
-                        epochs=p.planned_epochs, predicted_accuracy=p.predicted_accuracy) for p in plans]
+                        epochs=p.planned_epochs, predicted_accuracy=p.predicted_accuracy, probed=p.probed)
+            for p in plans]
+
+
+def _give_up_above(cfg: PipelineConfig, epochs: float | None, train_images: int) -> float | None:
+    """Seconds per step past which cfg's width is given up: GIVE_UP_FACTOR times the slowest step with which
+    `epochs` epochs (the fewest it could be chosen with) still end by TARGET_SHARE of the budget."""
+    if epochs is None:
+        return None
+    steps = max(1, train_images // cfg.batch_size)
+    return GIVE_UP_FACTOR * cfg.time_budget_min * 60 * TARGET_SHARE / math.ceil(steps * epochs - 1e-9)
 
 
 def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
@@ -343,15 +390,20 @@ def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.Path
     Widths are measured widest first and only until one qualifies, so a fast machine measures once.
     """
     plans: list[BudgetPlan] = []
-    for width in sorted(set(cfg.budget_widths), reverse=True):
-        plan = _plan_one(cfg.model_copy(update={"width": width}), data_digest, cache_dir, machine, measure,
-                         train_images, none_fit_ok=True)
+    widths = sorted(set(cfg.budget_widths), reverse=True)
+    for width in widths:
+        candidate = cfg.model_copy(update={"width": width})
+        # The narrowest is measured in full: when no width keeps the share, it is the one training the most.
+        give_up = None if width == widths[-1] else _give_up_above(candidate, MIN_EPOCH_SHARE * cfg.epochs,
+                                                                   train_images)
+        plan = _plan_one(candidate, data_digest, cache_dir, machine, measure, train_images, none_fit_ok=True,
+                         give_up_above=give_up)
         plans.append(plan.model_copy(update={"width": width}))
         if plan.planned_epochs >= MIN_EPOCH_SHARE * cfg.epochs:
             break
     chosen = plans[-1]
     if chosen.planned_epochs < MIN_EPOCH_SHARE * cfg.epochs:
-        chosen = max(plans, key=lambda p: (p.planned_epochs, p.width))
+        chosen = max((p for p in plans if not p.probed), key=lambda p: (p.planned_epochs, p.width))
     if not chosen.planned_epochs:  # not one epoch even at the narrowest width: say how long one takes
         _plan_one(cfg.model_copy(update={"width": plans[-1].width}), data_digest, cache_dir, machine, measure,
                   train_images)
@@ -360,18 +412,28 @@ def _plan_widest(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.Path
 
 def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLike, machine: str,
               measure: Measure, train_images: int, none_fit_ok: bool = False,
-              choose: Callable[[float], float] | None = None) -> BudgetPlan:
-    """The plan of `cfg` at its width; `choose(epochs that fit)` picks the epochs to train, when given."""
+              choose: Callable[[float], float] | None = None, give_up_above: float | None = None) -> BudgetPlan:
+    """The plan of `cfg` at its width; `choose(epochs that fit)` picks the epochs to train, when given. Given
+    `give_up_above`, a width whose first timed step is slower is given up (a `probed` plan of no epochs)."""
     measured = []
 
     def build(_entry) -> Measurement:
-        speed = measure(cfg)
+        speed = measure(cfg, give_up_above)
         measured.append(True)
         return Measurement.taken(speed, machine, cfg)
 
-    found = MEASURE.run(cache_dir, measurement_inputs(machine, cfg, data_digest), build)
+    def answers(found: Measurement) -> bool:  # a probe stands while this run would give the width up too
+        return found.complete or (give_up_above is not None and found.seconds_per_step > give_up_above)
+
+    found = MEASURE.run(cache_dir, measurement_inputs(machine, cfg, data_digest), build, reuse=answers)
     # Steps of this run's epoch, not the measured one: extra images added since make epochs longer.
     steps = max(1, train_images // cfg.batch_size)
+    seconds_per_epoch = found.seconds_per_step * steps
+    common = dict(budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, seconds_per_epoch=seconds_per_epoch,
+                  images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
+                  machine=machine, cached=not measured, measured_at=found.measured_at, threads=found.threads)
+    if not found.complete:
+        return BudgetPlan(planned_epochs=0.0, probed=True, **common)
     cap = epoch_cap(cfg)
     try:
         epochs = plan_epochs(cfg.time_budget_min, cap, lambda e: training_seconds(found, e, steps))
@@ -382,14 +444,8 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
     fitting = epochs
     if choose is not None and epochs:
         epochs = choose(epochs)
-    seconds_per_epoch = found.seconds_per_step * steps
-    return BudgetPlan(
-        budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, planned_epochs=epochs, max_epochs=cap,
-        fitting_epochs=fitting,
-        seconds_per_epoch=seconds_per_epoch, predicted_seconds=training_seconds(found, epochs, steps),
-        images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
-        machine=machine, cached=not measured, measured_at=found.measured_at, threads=found.threads,
-    )
+    return BudgetPlan(planned_epochs=epochs, max_epochs=cap, fitting_epochs=fitting,
+                      predicted_seconds=training_seconds(found, epochs, steps), **common)
 
 
 def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConfig:
@@ -403,8 +459,10 @@ def planned_config(cfg: PipelineConfig, plan: BudgetPlan | None) -> PipelineConf
     return cfg.model_copy(update=update)
 
 
-def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None) -> Speed:
-    """The real training step's speed on the real device, in both phases of a run."""
+def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = None,
+                  give_up_above: float | None = None) -> Speed:
+    """The real training step's speed on the real device, in both phases of a run; given `give_up_above`
+    seconds, only one step is timed when it takes longer (an incomplete Speed: the width is out of reach)."""
     import torch
 
     from .cpu_tuning import current_cpu_settings
@@ -421,12 +479,12 @@ def measure_steps(cfg: PipelineConfig, dataset, device: torch.device | None = No
                  settings.busy_cores)
         torch.set_num_threads(used)
     try:
-        return _measure(cfg, dataset, device)._replace(threads=used)
+        return _measure(cfg, dataset, device, give_up_above)._replace(threads=used)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> Speed:
+def _measure(cfg: PipelineConfig, dataset, device: torch.device, give_up_above: float | None) -> Speed:
     from .step import new_model, new_step, start_epoch, train_batches, training_data
 
     data = training_data(cfg, dataset)
@@ -435,7 +493,12 @@ def _measure(cfg: PipelineConfig, dataset, device: torch.device) -> Speed:
     step = new_step(cfg, model, device)
     stream = _batch_stream(batches)
     start_epoch(model, cfg, 0)
-    early, early_steps = _time_phase(stream, step, device)
+    early, early_steps = _time_phase(stream, step, device, give_up_above)
+    if give_up_above is not None and early_steps == 1 and early > give_up_above:
+        log.info("width %d: its first timed step took %.1f s, over %g times the %.1f s per step with which it "
+                 "could still be chosen: not measured further", cfg.width, early, GIVE_UP_FACTOR,
+                 give_up_above / GIVE_UP_FACTOR)
+        return Speed(early, early, len(batches), 1, complete=False)
     late, late_steps = early, 0
     if cfg.whiten_bias_epochs and getattr(getattr(model, "whiten", None), "bias", None) is not None:
         start_epoch(model, cfg, cfg.whiten_bias_epochs)  # the bias frozen, as from that epoch on
@@ -450,9 +513,9 @@ def _batch_stream(batches):
         epoch += 1
 
 
-def _time_phase(stream, step, device: torch.device) -> tuple[float, int]:
+def _time_phase(stream, step, device: torch.device, give_up_above: float | None = None) -> tuple[float, int]:
     """(seconds per step, steps timed): WARMUP_STEPS untimed, then at least MIN_TIMED_STEPS and
-    MIN_TIMED_SECONDS."""
+    MIN_TIMED_SECONDS; only one when it takes more than `give_up_above` seconds."""
     from .step import sync
 
     for _ in range(WARMUP_STEPS):
@@ -463,6 +526,8 @@ def _time_phase(stream, step, device: torch.device) -> tuple[float, int]:
         step(*next(stream))[0].item()
         timed += 1
         elapsed = time.perf_counter() - start
+        if timed == 1 and give_up_above is not None and elapsed > give_up_above:
+            break
         if timed >= MAX_TIMED_STEPS or (timed >= MIN_TIMED_STEPS and elapsed >= MIN_TIMED_SECONDS):
             break
     sync(device)

@@ -84,3 +84,25 @@ def best_possible(frontier: Iterable[Point], width: int, max_epochs: float) -> f
     """The most `width` can be predicted to reach within `max_epochs`: what measuring it could gain."""
     epochs = best_epochs(frontier, width, max_epochs)
     return None if epochs is None else predict(frontier, width, epochs)
+
+
+def fewest_epochs(frontier: Iterable[Point], width: int, max_epochs: float,
+                  beating: float | None = None) -> float | None:
+    """The fewest epochs, up to `max_epochs`, with which `width` is predicted more accurate than `beating`
+    (without it: covered at all), or None when no number of them is: a width whose steps are too slow
+    for that many epochs cannot be chosen."""
+    measured = points_by_width(frontier).get(width)
+    if not measured or max_epochs < measured[0][0]:
+        return None
+    if beating is None:
+        return measured[0][0]
+    if best_possible(frontier, width, max_epochs) <= beating:
+        return None
+    # best_possible never falls as the epochs grow: bisect for where it first passes `beating`.
+    low, high = measured[0][0], max_epochs
+    if best_possible(frontier, width, low) > beating:
+        return low
+    for _ in range(40):
+        mid = math.sqrt(low * high)
+        low, high = (low, mid) if best_possible(frontier, width, mid) > beating else (mid, high)
+    return high
