@@ -15,6 +15,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.errors import TrainingDiverged
 from cifar_pipeline.files import atomic_write_json
 from cifar_pipeline.training.budget import planned_config
+from cifar_pipeline.training.deadline import Deadline
 from flows.steps import Steps, begin, fetch_dataset
 from tasks import (
     budget_task,
@@ -86,7 +87,9 @@ def cifar_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:
         logger.info("%s", budget.summary())
         cfg = planned_config(cfg, budget)
     try:
-        trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra)
+        # The deadline is no part of the training key: a run that keeps its pace trains what its plan says.
+        trained = steps.run(train_task, config=cfg, dataset=dataset, cache_dir=str(cache), extra=extra,
+                            deadline=Deadline.of(budget) if budget is not None else None)
     except TrainingDiverged:
         # The run still fails, but whoever finds it in the UI gets the diagnosis with it.
         _diagnose(steps, cfg, dataset, run_dir, run_id, "the loss became NaN", cache)

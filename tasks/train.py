@@ -4,6 +4,7 @@ from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.data.dataset import DatasetRecord
 from cifar_pipeline.data.extra import ExtraDataRecord
 from cifar_pipeline.errors import PipelineError
+from cifar_pipeline.training.deadline import Deadline
 from cifar_pipeline.training.records import TRAIN, EpochMetrics, TrainRecord, training_inputs
 
 from .cache_policies import stage_task
@@ -27,7 +28,8 @@ def retry_unless_expected(_task, _task_run, state) -> bool:
     task_run_name="train-{config.model}-{config.epochs}ep",
 )
 def train_task(
-    config: PipelineConfig, dataset: DatasetRecord, cache_dir: str, extra: ExtraDataRecord | None = None
+    config: PipelineConfig, dataset: DatasetRecord, cache_dir: str, extra: ExtraDataRecord | None = None,
+    deadline: Deadline | None = None,
 ) -> TrainRecord:
     from cifar_pipeline.training.loop import train
 
@@ -36,4 +38,4 @@ def train_task(
     def on_epoch(metrics: EpochMetrics, total: int) -> None:
         update_progress_artifact(progress, 100.0 * metrics.epoch / total)
 
-    return train(config, dataset, cache_dir, on_epoch=on_epoch, extra=extra)
+    return train(config, dataset, cache_dir, on_epoch=on_epoch, extra=extra, deadline=deadline)

@@ -364,6 +364,17 @@ def test_flow_plans_the_epochs_reports_them_and_reruns_from_cache(tmp_path, tiny
     assert nightly.tasks["train"] == "Cached" and nightly.tasks["evaluate"] == "Cached"
     assert nightly.test_accuracy == slow.test_accuracy
 
+    # The machine, measured very fast, then slower than that in training: the run planned 4 epochs in a budget
+    # of 0.6 ms, fell behind in its first epoch, and was shortened to end one step after it.
+    fast_step = 1e-9
+    envelope["record"] = {**stored, "seconds_per_step": fast_step, "seconds_per_step_early": fast_step}
+    measurement.write_text(json.dumps(envelope))
+    behind = cifar_pipeline(config=config.model_copy(update={"epochs": 4.0, "time_budget_min": 1e-5}))
+    report = Path(behind.report).read_text()
+    assert "ran 4 epochs (the configured epochs)" in report
+    assert "It fell behind its plan and was shortened to 1.17 epochs" in report
+    assert "**Warning:** After epoch 1, the machine ran" in report
+
 
 @pytest.mark.parametrize(("speeds", "expected"), [
     # The budget warm-up's seconds per epoch measured on the Intel AVX-512 BF16 machine (RESULTS.md):

@@ -155,6 +155,9 @@ def machine_section(trained: TrainRecord, budget: BudgetPlan | None) -> str:
                      f"{budget.chosen()}, planned to take "
                      f"{budget.predicted_seconds / 60:.1f} min; it took {trained.wall_seconds / 60:.1f} min "
                      f"({trained.wall_seconds / (budget.budget_min * 60):.0%} of the budget).")
+        if trained.shortened:
+            lines[-1] += (f" It fell behind its plan and was shortened to {trained.trained_epochs():.2f} epochs "
+                          "(the warning above says by how much).")
         if note := budget.width_note():
             lines[-1] += " " + note
         if budget.threads and cpu is not None and cpu.threads != budget.threads:

@@ -23,6 +23,9 @@ on a slow machine the wide widths' warm-up was most of its cost (width 64 took 4
 AVX2 EPYC, where it could not fit two epochs). Such a probe is stored like a measurement and reused
 while a run would give the width up again; a run that could choose it measures it in full.
 
+A run that falls behind its plan in training (the machine slowed down) is shortened to end within the
+budget: cifar_pipeline/training/deadline.py.
+
 Measurements are a stage keyed by machine and configuration, so an unchanged nightly run measures
 once, then plans the same epochs every night (and its training stays a cache hit).
 """
@@ -140,6 +143,8 @@ class BudgetPlan(BaseModel):
     frontier_ignored: list[str] = []  # recipe fields changed from the preset's, whose frontier was not used
     threads: int = 0  # intra-op threads the measured steps ran with; 0: a GPU or not recorded
     probed: bool = False  # the width was given up after one timed step (never the plan chosen)
+    seconds_per_epoch_early: float = 0.0  # measured while the whitening bias trains; 0: not recorded
+    early_epochs: int = 0  # the epochs it trains
 
     def chosen(self) -> str:
         """' at width 64 with cutout=8': what the plan chose besides the epochs ('' when nothing)."""
@@ -430,6 +435,7 @@ def _plan_one(cfg: PipelineConfig, data_digest: str, cache_dir: str | os.PathLik
     steps = max(1, train_images // cfg.batch_size)
     seconds_per_epoch = found.seconds_per_step * steps
     common = dict(budget_min=cfg.time_budget_min, configured_epochs=cfg.epochs, seconds_per_epoch=seconds_per_epoch,
+                  seconds_per_epoch_early=found.seconds_per_step_early * steps, early_epochs=found.early_epochs,
                   images_per_second=train_images / seconds_per_epoch if seconds_per_epoch else 0.0,
                   machine=machine, cached=not measured, measured_at=found.measured_at, threads=found.threads)
     if not found.complete:

@@ -3,7 +3,8 @@
 `train()` is a cached stage (cifar_pipeline/stage.py): its entry, `training/<key>/`, is keyed by the
 decoded data's digest (and the extra images'), the training fields of the config and the training
 code. A finished entry holds `record.json` and is returned as is; an unfinished one resumes from
-its last epoch checkpoint.
+its last epoch checkpoint. Given a `Deadline` (a budgeted run), each epoch starts by checking that the
+run still ends within its budget, and shortens it when not (cifar_pipeline/training/deadline.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from ..models import count_parameters
 from . import health
 from .checkpoint import save_checkpoint, try_load_checkpoint
 from .cpu_tuning import CpuSettings, current_cpu_settings
-from .optim import Lookahead, lr_factor, set_lr
+from .deadline import Deadline, shortened_message
+from .optim import Lookahead, Schedule, set_lr
 from .records import TRAIN, EpochCallback, EpochMetrics, TrainRecord, training_inputs
 from .runtime import device_name, precision_name, resolve_device, tune_cpu_allocator
 from .scoring import score
@@ -47,10 +49,11 @@ def train(
     on_epoch: EpochCallback | None = None,
     progress: bool | None = None,
     extra: ExtraDataRecord | None = None,
+    deadline: Deadline | None = None,
 ) -> TrainRecord:
     show = sys.stderr.isatty() if progress is None else progress
     return TRAIN.run(cache_dir, training_inputs(cfg, dataset, extra),
-                     lambda folder: _train(TrainingJob(cfg, dataset, extra, folder, on_epoch, show)))
+                     lambda folder: _train(TrainingJob(cfg, dataset, extra, folder, on_epoch, show, deadline)))
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrainingJob:
     folder: Path  # the stage entry; its name is the key
     on_epoch: EpochCallback | None = None
     show_progress: bool = False
+    deadline: Deadline | None = None  # a budgeted run: shortened when it would end past its budget
 
     @property
     def key(self) -> str:
@@ -75,6 +79,7 @@ class _Run:
 
     model: torch.nn.Module
     stepper: Step
+    schedule: Schedule
     lookahead: Lookahead | None = None
     history: list[EpochMetrics] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -83,6 +88,7 @@ class _Run:
     first_step_at: str | None = None  # when this process finished its first step (UTC)
     step: int = 0  # optimizer steps taken
     resumed_from_epoch: int | None = None
+    last_epoch: tuple[float, int, int] | None = None  # (wall seconds, first step, end step) of this process's last
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -112,17 +118,20 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
     data = training_data(cfg, job.dataset, job.extra)
     batches = train_batches(cfg, data.x_train, data.y_train, device)
     steps_per_epoch = len(batches)
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
-    n_epochs = math.ceil(cfg.epochs)
+    planned_steps = math.ceil(steps_per_epoch * cfg.epochs)
 
     model = new_model(cfg, data.x_train, device)
     forward = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    run = _Run(model=model, stepper=new_step(cfg, model, device, forward))
+    run = _Run(model=model, stepper=new_step(cfg, model, device, forward), schedule=Schedule(cfg, planned_steps))
     checkpoint_path = job.folder / "checkpoint.pt"
     _restore(run, checkpoint_path, key)
     amp_dtype = run.stepper.amp_dtype
 
-    for epoch in range(run.epoch, n_epochs):
+    while run.step < run.schedule.total_steps:
+        _keep_deadline(run, job.deadline, steps_per_epoch)
+        total_steps = run.schedule.total_steps
+        n_epochs = math.ceil(total_steps / steps_per_epoch)
+        epoch, first_step = run.epoch, run.step
         start_epoch(run.model, cfg, epoch)
         batches.data_seconds = 0.0
         loss_sum = torch.zeros((), device=device)
@@ -138,7 +147,7 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             if i >= epoch_steps:
                 break
-            factor = lr_factor(run.step, total_steps, cfg)
+            factor = run.schedule.factor(run.step)
             set_lr(run.optimizer, factor)
             loss, out = run.stepper(x, y)
             run.step += 1
@@ -178,6 +187,7 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
         checkpointing = time.perf_counter()
         _end_epoch(run, metrics, cfg, key, checkpoint_path, n_epochs)
         run.wall_seconds += time.perf_counter() - checkpointing
+        run.last_epoch = (time.perf_counter() - t0, first_step, run.step)
         if job.on_epoch is not None:
             job.on_epoch(metrics, n_epochs)
 
@@ -186,6 +196,7 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
         epochs=run.history, device=str(device), device_name=device_name(device),
         precision=precision_name(amp_dtype),
         parameters=count_parameters(run.model), train_images=len(data.y_train), steps=run.step,
+        planned_steps=planned_steps, steps_per_epoch=steps_per_epoch,
         train_seconds=sum(h.seconds for h in run.history), wall_seconds=run.wall_seconds,
         first_step_at=run.first_step_at,
         resumed_from_epoch=run.resumed_from_epoch, warnings=run.warnings,
@@ -206,10 +217,29 @@ def _restore(run: _Run, checkpoint_path: Path, key: str) -> None:
     run.history = [EpochMetrics.model_validate(h) for h in state["history"]]
     run.warnings = list(state.get("warnings", []))
     run.epoch, run.step = state["epoch"], state["step"]
+    if state.get("schedule") is not None:  # a deadline shortened the run before it stopped
+        run.schedule.load_state_dict(state["schedule"])
     run.wall_seconds = state.get("wall_seconds", sum(h.seconds for h in run.history))
     run.resumed_from_epoch = state["epoch"]
     torch.set_rng_state(state["rng"]["torch"])
     log.info("resuming training %s after epoch %d (step %d)", key, run.epoch, run.step)
+
+
+def _keep_deadline(run: _Run, deadline: Deadline | None, steps_per_epoch: int) -> None:
+    """Shorten the run when the rest of it, at the last epoch's pace, would end past the deadline."""
+    if deadline is None or not run.step:
+        return
+    # A resumed run has no last epoch in this process: the pace of the whole run so far stands in.
+    seconds, start, end = run.last_epoch or (run.wall_seconds, 0, run.step)
+    pace = deadline.pace(seconds, start, end, steps_per_epoch)
+    total = deadline.shortened(run.wall_seconds, run.step, run.schedule.total_steps, steps_per_epoch, pace)
+    if total is None:
+        return
+    message = shortened_message(run.schedule.total_steps / steps_per_epoch, total / steps_per_epoch, pace,
+                                deadline.budget_seconds)
+    log.warning("after epoch %d: %s", run.epoch, message)
+    run.warnings.append(f"After epoch {run.epoch}, {message}.")
+    run.schedule.shorten(run.step, total)
 
 
 def _update_lookahead(run: _Run, cfg: PipelineConfig, epoch: int, total_steps: int) -> None:
@@ -252,6 +282,7 @@ def _end_epoch(run: _Run, metrics: EpochMetrics, cfg: PipelineConfig, key: str, 
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
         "history": [h.model_dump() for h in run.history], "warnings": run.warnings,
+        "schedule": run.schedule.state_dict(),
         "wall_seconds": run.wall_seconds,
         "rng": {"torch": torch.get_rng_state()},
         "config": cfg.model_dump(mode="json"),

@@ -47,6 +47,35 @@ def lr_factor(step: int, total_steps: int, cfg: PipelineConfig) -> float:
     return 1.0 + (cfg.lr_end - 1.0) * min(step - peak, span) / span
 
 
+class Schedule:
+    """The lr multiplier over a run's steps: `lr_factor` over the planned steps until a deadline shortens the
+    run (cifar_pipeline/training/deadline.py); from then on it decays linearly from where it is to lr_end at
+    the new end, so the shortened run still ends annealed instead of stopping at a high rate."""
+
+    def __init__(self, cfg: PipelineConfig, total_steps: int, cut_step: int | None = None,
+                 cut_factor: float = 1.0) -> None:
+        self.cfg, self.total_steps, self.cut_step, self.cut_factor = cfg, total_steps, cut_step, cut_factor
+
+    def factor(self, step: int) -> float:
+        if self.cut_step is None:
+            return lr_factor(step, self.total_steps, self.cfg)
+        if self.cfg.schedule == "constant":
+            return 1.0
+        # Steps before the cut were taken: a run only asks for the steps from it on.
+        span = max(self.total_steps - self.cut_step, 1)
+        return self.cut_factor + (self.cfg.lr_end - self.cut_factor) * min(step - self.cut_step, span) / span
+
+    def shorten(self, step: int, total_steps: int) -> None:
+        """End the run after `total_steps` steps, decaying from `step` (the next one) on."""
+        self.cut_factor, self.cut_step, self.total_steps = self.factor(step), step, total_steps
+
+    def state_dict(self) -> dict:
+        return {"total_steps": self.total_steps, "cut_step": self.cut_step, "cut_factor": self.cut_factor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total_steps, self.cut_step, self.cut_factor = state["total_steps"], state["cut_step"], state["cut_factor"]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor

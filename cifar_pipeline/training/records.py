@@ -52,6 +52,8 @@ class TrainRecord(StageRecord):
     parameters: int
     train_images: int
     steps: int
+    planned_steps: int = 0  # more than `steps` when a deadline shortened the run; 0: not recorded
+    steps_per_epoch: int = 0
     train_seconds: float  # the epochs' own steps
     resumed_from_epoch: int | None
     warnings: list[str]
@@ -60,6 +62,13 @@ class TrainRecord(StageRecord):
     first_step_at: str | None = None  # when the first step of the process that trained finished (UTC)
     # CPU runs: the machine's class and the settings chosen for it (cifar_pipeline/training/cpu_tuning.py).
     cpu_settings: CpuSettings | None = None
+
+    @property
+    def shortened(self) -> bool:
+        return self.planned_steps > self.steps
+
+    def trained_epochs(self) -> float:
+        return self.steps / self.steps_per_epoch if self.steps_per_epoch else float(len(self.epochs))
 
     def outputs(self) -> list[Output]:
         return [Output(self.checkpoint, self.checkpoint_sha256)]
