@@ -325,7 +325,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _run_flow(flow_fn: Any, **params: Any) -> tuple[int, Any]:
     """(0, the flow's result) or (exit code 1, None) after printing the failure's one-line reason."""
-    state = flow_fn(**params, return_state=True)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # Heartbeats are for runs a worker or `serve` starts: a run started here carries no deployment
+    # tag, so the zombie check of deployments/recovery.yaml never reads its heartbeats, and the engine
+    # joins its heartbeat thread, which sleeps in 1 s steps, after the flow ends: up to a second on
+    # every run. PREFECT_FLOWS_HEARTBEAT_FREQUENCY, where set, still turns them on.
+    with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = flow_fn(**params, return_state=True)
     if state.is_completed():
         return 0, state.result()
     outcome = state.result(raise_on_failure=False)

@@ -104,3 +104,20 @@ def test_quick_subcommands_import_no_torch_prefect_or_plotting(args):
              "print('HEAVY', heavy, file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_run_started_here_sends_no_heartbeats_unless_asked(prefect_api):
+    # What the flow engine reads to start its heartbeat thread (prefect/flow_engine.py, heartbeat_seconds).
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    from flows.cli import _run_flow
+
+    @flow
+    def heartbeat_frequency():
+        return get_current_settings().flows.heartbeat_frequency
+
+    assert _run_flow(heartbeat_frequency) == (0, None)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):  # a user's own setting wins
+        assert _run_flow(heartbeat_frequency) == (0, 60)
+    assert get_current_settings().flows.heartbeat_frequency is not None  # only the CLI's runs change

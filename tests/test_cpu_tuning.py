@@ -1,8 +1,14 @@
 """The per-machine choice, with the CPU injected: no timing, no dependence on this machine."""
 
+import subprocess
+import sys
+import time
+
 import torch
 
-from cifar_pipeline.training.cpu_tuning import CpuInfo, busy_cores, capability_forced, choose_cpu_settings, detect_cpu
+from cifar_pipeline.training.cpu_tuning import (
+    BusyWindow, CpuInfo, busy_cores, capability_forced, choose_cpu_settings, detect_cpu,
+)
 from cifar_pipeline.training.runtime import autocast_dtype
 
 XEON_BF16 = CpuInfo("Intel(R) Xeon(R) Processor", "AVX512", frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), 2)
@@ -61,3 +67,20 @@ def test_busy_cores_are_left_to_the_work_that_holds_them():
     eight = CpuInfo("AMD EPYC 7B13", "AVX2", frozenset({"avx2"}), 8)
     assert choose_cpu_settings(eight, "fp32", True, "airnet", busy_cores=2.1).threads == 6
     assert 0.0 <= busy_cores(0.05) <= (__import__("os").cpu_count() or 1)
+
+
+def test_the_load_window_counts_other_processes_not_this_ones_own_work():
+    window = BusyWindow()
+    end = time.perf_counter() + 0.6
+    while time.perf_counter() < end:  # this process working through the window: not other work
+        pass
+    own = window.cores()
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # the interpreter's start
+        other = BusyWindow().cores(0.8)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert own < 0.6, own
+    assert other > 0.6, other

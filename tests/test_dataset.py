@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cifar_pipeline.data.dataset import extract_archive, load_arrays, read_batches
 from cifar_pipeline.errors import ArchiveError, IntegrityError
+from cifar_pipeline.files import file_digest
 from tests.cifar_archive import CLASSES, make_cifar_archive
 from tests.conftest import decode
 
@@ -43,6 +44,17 @@ def test_dataset_is_persisted_and_reused(tmp_path, tiny_archive):
     assert again == record
     assert Path(record.path).stat().st_mtime_ns == mtime
     assert load_arrays(record).x_train.shape == (200, 32, 32, 3)
+
+
+def test_loaded_arrays_are_writable_and_writes_never_reach_the_cached_file(tmp_path, tiny_archive):
+    path, md5 = tiny_archive
+    record = decode(path, md5, tmp_path)
+    first = load_arrays(record)
+    original = first.x_train[0].copy()
+    first.x_train[0] = 255 - original  # copy-on-write: private to this process
+    assert (first.x_train[0] == 255 - original).all()
+    assert (load_arrays(record).x_train[0] == original).all()
+    assert file_digest(record.path) == record.sha256
 
 
 def test_a_tampered_cache_file_is_never_unpickled(tmp_path, tiny_archive):

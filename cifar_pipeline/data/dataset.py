@@ -87,7 +87,8 @@ def _build(archive: ArchiveRecord, folder: Path) -> DatasetRecord:
 
 
 def load_arrays(record: DatasetRecord) -> CifarArrays:
-    data = load_verified_joblib(record.path, record.sha256, "Delete the file to rebuild it from the archive.")
+    data = load_verified_joblib(record.path, record.sha256, "Delete the file to rebuild it from the archive.",
+                                mapped=True)
     return CifarArrays(data["x_train"], data["y_train"], data["x_test"], data["y_test"], list(data["classes"]))
 
 

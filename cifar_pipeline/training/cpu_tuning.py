@@ -131,25 +131,44 @@ def choose_cpu_settings(info: CpuInfo, precision: str, channels_last: bool, mode
                        emulated=emulated, reasons=reasons)
 
 
-def busy_cores(seconds: float = 0.3) -> float:
-    """Cores kept busy by other work (other processes, and this one's background threads such as an
-    in-process Prefect server) while the calling thread sleeps; 0.0 where /proc/stat is missing."""
-    def sample() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields) - idle, sum(fields)
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; None where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
-    first = sample()
-    time.sleep(seconds)
-    second = sample()
-    if first is None or second is None or second[1] == first[1]:
-        return 0.0
-    cores = os.cpu_count() or 1
-    return cores * (second[0] - first[0]) / (second[1] - first[1])
+
+class BusyWindow:
+    """Cores kept busy by other work from now until `cores()`: the machine's CPU time less this process's.
+
+    Taking this process's own time out lets the window run while the process works (the training data
+    loading, the model being built) instead of in a pause of its own before the first step. Other
+    processes count, children included (Prefect's temporary server is one); this process's threads do
+    not, so torch's OpenMP threads spinning after an op are not taken for other work."""
+
+    def __init__(self) -> None:
+        self._start, self._own, self._wall = _cpu_jiffies(), time.process_time(), time.perf_counter()
+
+    def cores(self, min_seconds: float = 0.3) -> float:
+        """The mean over the window, waited out to at least `min_seconds`; 0.0 without /proc/stat."""
+        left = min_seconds - (time.perf_counter() - self._wall)
+        if left > 0:
+            time.sleep(left)
+        end = _cpu_jiffies()
+        if self._start is None or end is None or end[1] == self._start[1]:
+            return 0.0
+        own = (time.process_time() - self._own) * os.sysconf("SC_CLK_TCK")
+        cores = os.cpu_count() or 1
+        return cores * max(0.0, end[0] - self._start[0] - own) / (end[1] - self._start[1])
+
+
+def busy_cores(seconds: float = 0.3) -> float:
+    """Cores kept busy by other processes while the calling thread sleeps for `seconds`."""
+    return BusyWindow().cores(seconds)
 
 
 def current_cpu_settings(precision: str, channels_last: bool, model: str, load: float | None = None) -> CpuSettings:

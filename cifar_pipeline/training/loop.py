@@ -29,7 +29,7 @@ from ..files import file_digest
 from ..models import count_parameters
 from . import health
 from .checkpoint import save_checkpoint, try_load_checkpoint
-from .cpu_tuning import CpuSettings, current_cpu_settings
+from .cpu_tuning import BusyWindow, CpuSettings, current_cpu_settings
 from .deadline import Deadline, shortened_message
 from .optim import Lookahead, Schedule, set_lr
 from .records import TRAIN, EpochCallback, EpochMetrics, TrainRecord, training_inputs
@@ -96,25 +96,29 @@ class _Run:
 
 
 def _train(job: TrainingJob) -> TrainRecord:
-    cfg = job.cfg
-    device = resolve_device(cfg.device)
-    cpu_settings = None
-    if device.type == "cpu":
-        tune_cpu_allocator()
-        cpu_settings = current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model)
-        log.info("CPU %s: %s, %d thread(s)%s", cpu_settings.cpu_class, cpu_settings.precision, cpu_settings.threads,
-                 "".join(f"; {r}" for r in cpu_settings.reasons))
     threads = torch.get_num_threads()
     try:
-        if cpu_settings is not None:
-            torch.set_num_threads(cpu_settings.threads)
-        return _train_on(job, device, cpu_settings)
+        return _train_on(job, resolve_device(job.cfg.device))
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings | None) -> TrainRecord:
+def _cpu_settings(cfg: PipelineConfig, load: BusyWindow) -> CpuSettings:
+    settings = current_cpu_settings(cfg.precision, cfg.channels_last, cfg.model, load=load.cores())
+    log.info("CPU %s: %s, %d thread(s)%s", settings.cpu_class, settings.precision, settings.threads,
+             "".join(f"; {r}" for r in settings.reasons))
+    torch.set_num_threads(settings.threads)
+    return settings
+
+
+def _train_on(job: TrainingJob, device: torch.device) -> TrainRecord:
     cfg, key = job.cfg, job.key
+    load = None
+    if device.type == "cpu":
+        tune_cpu_allocator()
+        # How busy the machine is, sampled while the data loads and the model is built rather than
+        # in a pause of its own before the first step.
+        load = BusyWindow()
     data = training_data(cfg, job.dataset, job.extra)
     batches = train_batches(cfg, data.x_train, data.y_train, device)
     steps_per_epoch = len(batches)
@@ -126,6 +130,7 @@ def _train_on(job: TrainingJob, device: torch.device, cpu_settings: CpuSettings 
     checkpoint_path = job.folder / "checkpoint.pt"
     _restore(run, checkpoint_path, key)
     amp_dtype = run.stepper.amp_dtype
+    cpu_settings = _cpu_settings(cfg, load) if load is not None else None
 
     while run.step < run.schedule.total_steps:
         _keep_deadline(run, job.deadline, steps_per_epoch)
