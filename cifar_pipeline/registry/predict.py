@@ -115,7 +115,10 @@ class Predictor:
         self.amp_dtype = autocast_dtype(self.device, info.precision)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        # np.require copies only a read-only or strided batch (an image decoded by PIL is read-only),
+        # which torch.from_numpy would otherwise warn about.
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255)
         with torch.no_grad(), autocast(self.device, self.amp_dtype):
             return self.model(x).float().cpu().numpy()
 
