@@ -1,4 +1,5 @@
-"""The per-machine choice, with the CPU injected: no timing, no dependence on this machine."""
+"""The per-machine choice, with the CPU injected: no timing, no dependence on this machine; and the load
+window read against real work (this process spinning, then a child process spinning), with wide margins."""
 
 import subprocess
 import sys
