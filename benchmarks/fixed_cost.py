@@ -2,6 +2,8 @@
 
 - the interpreter and the imports (`python -c pass`, `import torch`, `import prefect`) against
   `cifar-pipeline --help`, `presets`, `schema` and `config` (target: --help under 1 s);
+- a process's first optimizer, built just before the first step: `torch.optim.SGD` (its compile
+  guards import torch._dynamo) against the pipeline's (cifar_pipeline/training/optim.py);
 - an empty Prefect flow run (the temporary server's start and stop) against a cached rerun of
   `--preset smoke` on the same temporary server (target: at most 2x);
 - with a local server started once (`prefect server start --background`, which the CLI finds): a
@@ -26,6 +28,10 @@ from pathlib import Path
 from benchmarks.user_runs import python, pipeline_run, seconds_to_first_step, training_record, user_env
 
 EMPTY_FLOW = "from prefect import flow\n@flow\ndef empty():\n    pass\nempty()\n"
+# The first optimizer of a fresh process, built as training builds it just before its first step.
+FIRST_OPTIMIZER = ("import time, torch\nfrom torch import nn\nfrom cifar_pipeline.training.optim import SGD\n"
+                   "model = nn.Linear(4, 2)\nstart = time.perf_counter()\n{cls}(model.parameters(), lr=0.1)\n"
+                   "print(time.perf_counter() - start)\n")
 
 
 def _free_port() -> int:
@@ -50,6 +56,13 @@ def fixed_costs(archive: str, md5: str, work: Path, repeats: int = 3) -> dict:
                        "cifar-pipeline schema": ["-m", "flows", "schema"],
                        "cifar-pipeline config --preset cpu": ["-m", "flows", "config", "--preset", "cpu"]}.items():
         out[name] = _median_wall(argv, env, repeats)
+
+    firsts = {"torch.optim.SGD": [], "SGD": []}
+    for _ in range(repeats):  # interleaved, each its own process
+        for cls, times in firsts.items():
+            times.append(float(python("-c", FIRST_OPTIMIZER.format(cls=cls), env=env).stdout.split()[-1]))
+    out["first optimizer: torch.optim.SGD"] = statistics.median(firsts["torch.optim.SGD"])
+    out["first optimizer: cifar_pipeline SGD"] = statistics.median(firsts["SGD"])
 
     python("-c", EMPTY_FLOW, env=env)  # the first start of a fresh PREFECT_HOME migrates its database
     out["empty flow run (temporary server)"] = _median_wall(["-c", EMPTY_FLOW], env, repeats)
@@ -105,6 +118,8 @@ def rows(out: dict) -> list[tuple[str, str]]:
              ("python -c pass", "import torch", "import prefect", "cifar-pipeline --help", "cifar-pipeline presets",
               "cifar-pipeline schema", "cifar-pipeline config --preset cpu")]
     table[3] = (table[3][0] + " (target < 1 s)", table[3][1])
+    table.append(("the first optimizer of a process: `torch.optim.SGD` (imports torch._dynamo) / the pipeline's",
+                  f"{out['first optimizer: torch.optim.SGD']:.2f} s / {out['first optimizer: cifar_pipeline SGD']:.3f} s"))
     table += [
         ("empty Prefect flow run (temporary server's start and stop)", f"{empty:.2f} s"),
         ("`--preset smoke`, first run (fresh output folder)", f"{out['smoke, first run (temporary server)']:.1f} s "

@@ -117,6 +117,7 @@ def test_fixed_cost_part_measures_each_figure_beside_its_reference(tiny_archive,
                  "smoke, cached rerun (temporary server)", "smoke, cached rerun (local server)",
                  "smoke, command to first training step (local server)"):
         assert out[name] > 0, name
+    assert out["first optimizer: torch.optim.SGD"] > 0 and out["first optimizer: cifar_pipeline SGD"] >= 0
     assert "train" in out["smoke, first run: flow steps (s)"]
     table = dict(rows(out))
     assert "x**" in table["`--preset smoke`, cached rerun / empty flow run (target <= 2x)"]

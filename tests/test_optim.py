@@ -1,3 +1,8 @@
+import copy
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,7 +10,7 @@ from torch import nn
 
 from cifar_pipeline.config import PipelineConfig
 from cifar_pipeline.models import AirNet
-from cifar_pipeline.training.optim import Muon, build_optimizer, lr_factor, orthogonalize, set_lr
+from cifar_pipeline.training.optim import SGD, Muon, build_optimizer, lr_factor, orthogonalize, set_lr
 
 
 @pytest.mark.parametrize("shape", [(48, 216), (300, 40)])
@@ -40,6 +45,60 @@ def test_muon_without_filter_groups_steps_exactly_like_torch_sgd():
             opt.step()
     assert torch.allclose(a.weight, b.weight, atol=1e-6) and torch.allclose(a.bias, b.bias, atol=1e-6)
     assert not torch.allclose(a.weight, nn.Linear(5, 3).weight)  # it moved
+
+
+def test_our_sgd_steps_and_resumes_exactly_like_torch_sgd():
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 3), nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    groups = lambda m: [{"params": [m.weight], "lr": 0.1, "weight_decay": 0.01},  # noqa: E731
+                        {"params": [m.bias], "lr": 0.5, "weight_decay": 0.002}]
+    ours = SGD(groups(a), lr=0.1, momentum=0.85, nesterov=True, foreach=False)
+    reference = torch.optim.SGD(groups(b), lr=0.1, momentum=0.85, nesterov=True, foreach=False)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            for model, opt in ((a, ours), (b, reference)):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+
+    steps(3)
+    assert ours.state_dict()["state"].keys() == reference.state_dict()["state"].keys() == {0, 1}
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    # A resumed optimizer (its state copied, as a checkpoint's is) goes on exactly where it stopped.
+    ours = SGD(groups(a), lr=0.1, momentum=0.85, nesterov=True, foreach=False)
+    ours.load_state_dict(copy.deepcopy(reference.state_dict()))
+    steps(3)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert torch.is_grad_enabled()  # the step's no_grad ended with it
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+def test_building_stepping_and_checkpointing_an_optimizer_never_imports_dynamo(preset):
+    # torch._dynamo's import (1.4-2.3 s on 2 cores) used to come with the first optimizer, just before
+    # the first step; a fresh process shows whether anything brings it back.
+    code = textwrap.dedent(f"""
+        import sys
+        import torch
+        from cifar_pipeline.config import PipelineConfig
+        from cifar_pipeline.models import AirNet
+        from cifar_pipeline.training.step import new_step
+        cfg = PipelineConfig(preset="{preset}", width=8).resolved({{}})
+        model = AirNet(width=8)
+        step = new_step(cfg, model, torch.device("cpu"))
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+        for _ in range(2):
+            step(x, y)[0].item()
+        step.optimizer.load_state_dict(step.optimizer.state_dict())
+        step(x, y)
+        print(type(step.optimizer).__name__, "torch._dynamo" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    name, imported = done.stdout.split()
+    assert name == {"smoke": "SGD", "cpu": "Muon"}[preset]
+    assert imported == "False", "something imported torch._dynamo while building or stepping the optimizer"
 
 
 def _muon_cfg(**changes) -> PipelineConfig:

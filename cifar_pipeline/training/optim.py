@@ -33,7 +33,34 @@ def build_optimizer(model: nn.Module, cfg: PipelineConfig) -> torch.optim.Optimi
                            "momentum": cfg.muon_momentum, "nesterov": True, "weight_decay": 0.0, "muon": True})
         return Muon(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
     # foreach=False: the per-tensor loop is the one the blog's code ran; on CPU it is as fast.
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=False)
+    return SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=False)
+
+
+def _unguarded(method):
+    """torch's own method without the wrapper that keeps torch.compile from tracing into it."""
+    return getattr(method, "__wrapped__", method)
+
+
+class _Unguarded:
+    """torch.optim.Optimizer's bookkeeping as torch writes it, less the torch.compile guards around it.
+
+    Each guard imports torch._dynamo on its first call, and the optimizer is built just before the first
+    step: 1.4 s on a 2-core Zen 5, 2.2 s on a Zen 3, at the start of every run that trains and of every
+    warm-up (benchmarks/RESULTS.md). The guards matter only where an optimizer call is traced by
+    torch.compile, which this project never does (it compiles the model's forward, on a GPU)."""
+
+    add_param_group = _unguarded(torch.optim.Optimizer.add_param_group)
+    zero_grad = _unguarded(torch.optim.Optimizer.zero_grad)
+    state_dict = _unguarded(torch.optim.Optimizer.state_dict)
+    load_state_dict = _unguarded(torch.optim.Optimizer.load_state_dict)
+
+
+class SGD(_Unguarded, torch.optim.SGD):
+    """torch.optim.SGD, its step run under no_grad as torch's own wrapper does for a non-differentiable one."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        return _unguarded(torch.optim.SGD.step)(self, closure)
 
 
 def lr_factor(step: int, total_steps: int, cfg: PipelineConfig) -> float:
@@ -94,7 +121,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.T
     return x if wide else x.T
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(_Unguarded, torch.optim.Optimizer):
     """Muon for the conv filters (groups marked "muon"), Nesterov SGD for every other group.
 
     As in airbench94_muon: each filter tensor is renormalised to norm sqrt(out_channels) before its
