@@ -7,6 +7,8 @@ Exit codes: 0 success, 1 the run failed, 2 bad input (nothing was started).
 
 from __future__ import annotations
 
+from flows.quick_exit import exit_quickly  # first: its exit handler must run after every other one
+
 import argparse
 import json
 import os
@@ -380,6 +382,11 @@ def serve(limit: int | None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     return 0
+
+
+def console() -> NoReturn:
+    """The `cifar-pipeline` command (and `python -m flows`)."""
+    exit_quickly(main())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,35 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "seed" in proc.stdout and "smoke" in proc.stdout
 
 
+def test_the_quick_exit_waits_for_threads_and_exit_handlers_and_keeps_the_code(tmp_path):
+    """What Prefect's workers and logging do at exit still happens; only the teardown after it is skipped."""
+    probe = f"""
+import atexit, os, threading, time
+from pathlib import Path
+from flows.quick_exit import exit_quickly
+out = Path({str(tmp_path)!r})
+def late_worker():  # as Prefect's log and event workers drain at shutdown
+    time.sleep(0.5)
+    (out / "thread").write_text("drained")
+threading.Thread(target=late_worker).start()
+atexit.register(lambda: (out / "handler").write_text("flushed"))
+class Teardown:  # its __del__ runs only when the interpreter frees the modules (builtins gone by then)
+    def __init__(self):
+        self.fd = os.open(out / "teardown", os.O_WRONLY | os.O_CREAT, 0o644)
+    def __del__(self, write=os.write):
+        write(self.fd, b"freed")
+kept = Teardown()
+print("summary line without a newline", end="")
+exit_quickly(3)
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "summary line without a newline"
+    assert (tmp_path / "thread").read_text() == "drained"
+    assert (tmp_path / "handler").read_text() == "flushed"
+    assert (tmp_path / "teardown").read_text() == ""  # the module teardown itself was skipped
+
+
 def test_serve_without_a_server_explains_what_is_needed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path)
