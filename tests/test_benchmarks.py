@@ -118,6 +118,8 @@ def test_fixed_cost_part_measures_each_figure_beside_its_reference(tiny_archive,
                  "smoke, command to first training step (local server)"):
         assert out[name] > 0, name
     assert out["first optimizer: torch.optim.SGD"] > 0 and out["first optimizer: cifar_pipeline SGD"] >= 0
+    assert out["smoke, cached rerun (local server): summary to exit"] >= 0
+    assert out["smoke, cached rerun (local server): summary to exit, ordinary"] >= 0
     assert "train" in out["smoke, first run: flow steps (s)"]
     table = dict(rows(out))
     assert "x**" in table["`--preset smoke`, cached rerun / empty flow run (target <= 2x)"]
