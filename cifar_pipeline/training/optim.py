@@ -45,8 +45,8 @@ class _Unguarded:
     """torch.optim.Optimizer's bookkeeping as torch writes it, less the torch.compile guards around it.
 
     Each guard imports torch._dynamo on its first call, and the optimizer is built just before the first
-    step: 1.4 s on a 2-core Zen 5, 2.2 s on a Zen 3, at the start of every run that trains and of every
-    warm-up (benchmarks/RESULTS.md). The guards matter only where an optimizer call is traced by
+    step: 1.3-1.6 s on a 2-core Zen 5, 1.5-2.2 s on a Zen 3, at the start of every run that trains and of
+    every warm-up (benchmarks/RESULTS.md). The guards matter only where an optimizer call is traced by
     torch.compile, which this project never does (it compiles the model's forward, on a GPU)."""
 
     add_param_group = _unguarded(torch.optim.Optimizer.add_param_group)
