@@ -77,7 +77,7 @@ def test_our_sgd_steps_and_resumes_exactly_like_torch_sgd():
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu"])
 def test_building_stepping_and_checkpointing_an_optimizer_never_imports_dynamo(preset):
-    # torch._dynamo's import (1.4-2.3 s on 2 cores) used to come with the first optimizer, just before
+    # torch._dynamo's import (1.3-2.2 s on 2-core AMD EPYCs) used to come with the first optimizer, just before
     # the first step; a fresh process shows whether anything brings it back.
     code = textwrap.dedent(f"""
         import sys
